@@ -1,0 +1,224 @@
+import * as v from "valibot";
+import { isMap, isScalar, LineCounter, parse as parseYamlValue, parseDocument, visit, type Document } from "yaml";
+import { PipelineFileError, type FileIssue } from "./errors.ts";
+import { describeIssue, formatPath } from "./issues.ts";
+import type { OperatorDefinition } from "./operator.ts";
+import { readText } from "./platform.ts";
+import type { Registry } from "./registry.ts";
+import { checkSubject } from "./subject.ts";
+import { interpolate } from "./interpolate.ts";
+
+const Subject = v.pipe(
+  v.string(),
+  v.check((s) => !checkSubject(s, true), "expected a stage id or a NATS subject"),
+);
+
+const StageSchema = v.strictObject({
+  id: v.pipe(v.string(), v.regex(/^[A-Za-z][\w-]*$/, "expected an id of letters, digits, _ and - (starting with a letter)")),
+  use: v.string(),
+  with: v.optional(v.nullable(v.record(v.string(), v.unknown()))),
+  in: v.optional(v.union([Subject, v.pipe(v.array(Subject), v.minLength(1))])),
+  out: v.optional(v.pipe(v.string(), v.check((s) => !checkSubject(s, false), "expected a NATS subject without wildcards"))),
+  inbox: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(10_000))),
+});
+
+/** The file's top level; each stage's `with` is checked by its operator's schema. */
+export const PipelineSchema = v.strictObject({
+  name: v.pipe(v.string(), v.regex(/^[A-Za-z][\w-]*$/, "expected a name of letters, digits, _ and -")),
+  bus: v.optional(v.string(), "memory"),
+  stages: v.pipe(v.array(StageSchema), v.minLength(1, "expected at least one stage")),
+});
+
+export interface StageSpec {
+  id: string;
+  def: OperatorDefinition;
+  options: unknown;
+  /** Subjects this stage consumes (empty for sources). */
+  inputs: string[];
+  /** Subject this stage publishes to (unused by sinks). */
+  output: string;
+  inboxSize: number;
+  line: number;
+}
+
+export interface PipelineSpec {
+  name: string;
+  file: string;
+  bus: string;
+  stages: StageSpec[];
+}
+
+const DEFAULT_INBOX = 4;
+
+/** Output subject of a stage unless `out` says otherwise. */
+export function stageSubject(pipeline: string, stage: string): string {
+  return `fw.${pipeline}.${stage}`;
+}
+
+/**
+ * Reads, interpolates and validates a pipeline file.
+ * @throws PipelineFileError listing every problem with file, line and field path.
+ * @example
+ * const spec = await loadPipeline("pipelines/demo.yaml", await loadRegistry());
+ */
+export async function loadPipeline(file: string, registry: Registry, env: (k: string) => string | undefined = (k) => process.env[k]): Promise<PipelineSpec> {
+  return parsePipeline(await readText(file), file, registry, env);
+}
+
+export function parsePipeline(text: string, file: string, registry: Registry, env: (k: string) => string | undefined): PipelineSpec {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const issues: FileIssue[] = [];
+  const at = (offset: number, path: string, message: string) => {
+    const pos = lines.linePos(offset);
+    issues.push({ line: pos.line, column: pos.col, path, message });
+  };
+  const fail = () => new PipelineFileError(file, issues);
+
+  for (const e of doc.errors) at(e.pos[0], "", e.message.split("\n")[0]);
+  if (issues.length) throw fail();
+  if (!isMap(doc.contents)) {
+    at(0, "", "expected a mapping with name, stages (and optionally bus)");
+    throw fail();
+  }
+
+  interpolateScalars(doc, env, at);
+  if (issues.length) throw fail();
+
+  const data = doc.toJS();
+  const top = v.safeParse(PipelineSchema, data, { abortEarly: false });
+  if (!top.success) {
+    for (const i of top.issues) reportIssue(doc, at, i, [], PipelineSchema);
+    throw fail();
+  }
+  const p = top.output;
+
+  // Per-stage: operator exists, options valid, ids unique.
+  const seen = new Set<string>();
+  const resolved: { def: OperatorDefinition; options: unknown }[] = [];
+  p.stages.forEach((s, i) => {
+    if (seen.has(s.id)) reportAt(doc, at, ["stages", i, "id"], `duplicate stage id "${s.id}"`);
+    seen.add(s.id);
+    const def = registry.get(s.use);
+    if (!def) {
+      const hint = suggest(s.use, [...registry.keys()]);
+      reportAt(doc, at, ["stages", i, "use"], `unknown operator "${s.use}"${hint ? ` (did you mean "${hint}"?)` : ""}; known: ${[...registry.keys()].join(", ")}`);
+      return;
+    }
+    const r = v.safeParse(def.options, s.with ?? {}, { abortEarly: false });
+    if (!r.success) for (const iss of r.issues) reportIssue(doc, at, iss, ["stages", i, "with"], def.options);
+    else resolved[i] = { def, options: r.output };
+  });
+  if (issues.length) throw fail();
+
+  // Wiring: explicit in/out, otherwise the nearest earlier stage that produces output.
+  const ids = new Map(p.stages.map((s) => [s.id, s]));
+  const subjectOf = (id: string) => ids.get(id)?.out ?? stageSubject(p.name, id);
+  let upstream: string | undefined;
+  const stages: StageSpec[] = p.stages.map((s, i) => {
+    const { def, options } = resolved[i];
+    let inputs: string[] = [];
+    if (def.kind === "source") {
+      if (s.in) reportAt(doc, at, ["stages", i, "in"], `a source (${def.name}) takes no input`);
+    } else if (s.in) {
+      inputs = (Array.isArray(s.in) ? s.in : [s.in]).map((x) => (ids.has(x) ? subjectOf(x) : x));
+    } else if (upstream) {
+      inputs = [upstream];
+    } else {
+      reportAt(doc, at, ["stages", i], `stage "${s.id}" has no input: put a source before it or set "in"`);
+    }
+    const output = subjectOf(s.id);
+    if (def.kind !== "sink") upstream = output;
+    return { id: s.id, def, options, inputs, output, inboxSize: s.inbox ?? DEFAULT_INBOX, line: lineOf(doc, lines, ["stages", i]) };
+  });
+  if (!stages.some((s) => s.def.kind === "source")) reportAt(doc, at, ["stages"], "no source stage: the pipeline would never receive a frame");
+  if (issues.length) throw fail();
+  return { name: p.name, file, bus: p.bus, stages };
+}
+
+type At = (offset: number, path: string, message: string) => void;
+
+/** Replaces `${VAR}` / `${VAR:-default}` in scalars; a scalar that is only a placeholder takes the value's YAML type. */
+function interpolateScalars(doc: Document, env: (k: string) => string | undefined, at: At): void {
+  visit(doc, {
+    Scalar(_key, node, path) {
+      if (typeof node.value !== "string" || !node.value.includes("${")) return;
+      const result = interpolate(node.value, env);
+      if (typeof result !== "string") {
+        at(node.range?.[0] ?? 0, pathFromAncestors(path, node), result.error);
+        return;
+      }
+      const whole = /^\$\{[^}]+\}$/.test(node.value) && node.type === "PLAIN";
+      node.value = whole ? parseYamlValue(result) ?? result : result;
+    },
+  });
+}
+
+function pathFromAncestors(ancestors: readonly unknown[], leaf: unknown): string {
+  const keys: (string | number)[] = [];
+  const chain = [...ancestors, leaf];
+  for (let i = 0; i < chain.length - 1; i++) {
+    const parent: any = chain[i];
+    const child = chain[i + 1];
+    if (parent?.items && Array.isArray(parent.items)) {
+      const idx = parent.items.indexOf(child);
+      if (idx >= 0 && !isMap(parent)) keys.push(idx);
+    } else if (parent?.key !== undefined && parent.value === child && isScalar(parent.key)) {
+      keys.push(String(parent.key.value));
+    }
+  }
+  return formatPath(keys);
+}
+
+function reportIssue(doc: Document, at: At, issue: v.BaseIssue<unknown>, prefix: (string | number)[], schema: v.GenericSchema): void {
+  const keys = [...prefix, ...(issue.path ?? []).map((p) => p.key as string | number)];
+  reportAt(doc, at, keys, describeIssue(issue, schema));
+}
+
+/** Reports at the deepest node of `keys` that exists in the document. */
+function reportAt(doc: Document, at: At, keys: (string | number)[], message: string): void {
+  at(offsetOf(doc, keys), formatPath(keys), message);
+}
+
+function offsetOf(doc: Document, keys: (string | number)[]): number {
+  for (let n = keys.length; n >= 0; n--) {
+    const node: any = doc.getIn(keys.slice(0, n), true);
+    if (node?.range) return node.range[0];
+    // A key with a null value has no node: point at the key itself.
+    if (n > 0) {
+      const parent: any = doc.getIn(keys.slice(0, n - 1), true);
+      const pair = parent?.items?.find?.((it: any) => isScalar(it?.key) && it.key.value === keys[n - 1]);
+      if (pair?.key?.range) return pair.key.range[0];
+    }
+  }
+  return 0;
+}
+
+function lineOf(doc: Document, lines: LineCounter, keys: (string | number)[]): number {
+  return lines.linePos(offsetOf(doc, keys)).line;
+}
+
+/** Closest known name by edit distance, if close enough to be a typo. */
+function suggest(word: string, known: string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = Math.max(2, Math.floor(word.length / 3)) + 1;
+  for (const k of known) {
+    const d = editDistance(word, k);
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0];
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j];
+      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return row[b.length];
+}

@@ -1,0 +1,71 @@
+import type * as v from "valibot";
+import type { Frame, Message } from "./message.ts";
+import type { Logger } from "./log.ts";
+
+/** What every operator instance gets from the runtime. */
+export interface StageContext {
+  /** The stage id from the pipeline file. */
+  stage: string;
+  pipeline: string;
+  log: Logger;
+  /** Aborted when the pipeline shuts down. */
+  signal: AbortSignal;
+}
+
+/** Produces frames until it ends (file end) or `signal` aborts. */
+export interface SourceInstance {
+  /** Calls `emit` for each frame; honour its promise (backpressure). */
+  run(emit: (frame: Frame) => Promise<void>, signal: AbortSignal): Promise<void>;
+  close?(): Promise<void>;
+}
+
+/** Turns one message into zero, one or several. */
+export interface TransformInstance {
+  process(msg: Message): Message | Message[] | null | Promise<Message | Message[] | null>;
+  close?(): Promise<void>;
+}
+
+/** Consumes messages; nothing flows out. */
+export interface SinkInstance {
+  process(msg: Message): void | Promise<void>;
+  close?(): Promise<void>;
+}
+
+interface Base<S extends v.GenericSchema> {
+  name: string;
+  /** One line for `framewire operators` and the README. */
+  description: string;
+  /** The only source of truth for the options' docs and errors. */
+  options: S;
+}
+
+export interface SourceDefinition<S extends v.GenericSchema = v.GenericSchema> extends Base<S> {
+  kind: "source";
+  create(options: v.InferOutput<S>, ctx: StageContext): SourceInstance | Promise<SourceInstance>;
+}
+export interface TransformDefinition<S extends v.GenericSchema = v.GenericSchema> extends Base<S> {
+  kind: "transform";
+  create(options: v.InferOutput<S>, ctx: StageContext): TransformInstance | Promise<TransformInstance>;
+}
+export interface SinkDefinition<S extends v.GenericSchema = v.GenericSchema> extends Base<S> {
+  kind: "sink";
+  create(options: v.InferOutput<S>, ctx: StageContext): SinkInstance | Promise<SinkInstance>;
+}
+
+export type OperatorDefinition = SourceDefinition<any> | TransformDefinition<any> | SinkDefinition<any>;
+
+/**
+ * Declares an operator; typing only, returned as is.
+ * @example
+ * export default defineOperator({
+ *   name: "passthrough", kind: "transform", description: "Forwards messages.",
+ *   options: v.strictObject({}),
+ *   create: () => ({ process: (msg) => msg }),
+ * });
+ */
+export function defineOperator<S extends v.GenericSchema>(def: SourceDefinition<S>): SourceDefinition<S>;
+export function defineOperator<S extends v.GenericSchema>(def: TransformDefinition<S>): TransformDefinition<S>;
+export function defineOperator<S extends v.GenericSchema>(def: SinkDefinition<S>): SinkDefinition<S>;
+export function defineOperator(def: OperatorDefinition): OperatorDefinition {
+  return def;
+}
