@@ -1,0 +1,19 @@
+/**
+ * `bun run bench [section...]`: measured ratios in one run, printed as
+ * markdown. Sections: core (default: all).
+ */
+import { cpus } from "node:os";
+import { benchCore } from "./core.ts";
+
+const sections: Record<string, () => Promise<string>> = {
+  core: () => benchCore(),
+};
+
+const wanted = process.argv.slice(2);
+const unknown = wanted.filter((w) => !(w in sections));
+if (unknown.length) {
+  console.error(`unknown bench section(s): ${unknown.join(", ")}; known: ${Object.keys(sections).join(", ")}`);
+  process.exit(2);
+}
+console.log(`# framewire bench — ${new Date().toISOString()}, bun ${Bun.version}, ${cpus().length} cores (${cpus()[0]?.model ?? "?"})\n`);
+for (const name of wanted.length ? wanted : Object.keys(sections)) console.log(await sections[name]());
