@@ -11,13 +11,18 @@ import { Executor } from "./executor.ts";
 import { loadPipeline } from "./loader.ts";
 import { createLogger } from "./log.ts";
 import { MemoryBus } from "./memory-bus.ts";
+import { NatsBus } from "./nats-bus.ts";
+import type { Bus } from "./bus.ts";
+import type { Logger } from "./log.ts";
+import type { PipelineSpec } from "./loader.ts";
+import { basename } from "node:path";
 import { resolvePipelineFile } from "./paths.ts";
-import { args as argv, exit, onShutdownSignal } from "./platform.ts";
+import { args as argv, env, exit, onShutdownSignal } from "./platform.ts";
 import { loadRegistry } from "./registry.ts";
 import { formatSummary, totals } from "./stats.ts";
 
 const USAGE = `usage:
-  bun run pipeline FILE [--frames N] [--json]
+  bun run pipeline FILE [--frames N] [--json] [--nats URL] [--stages a,b | --placement edge|cloud] [--worker-id ID]
   bun run validate FILE
   bun run eval coco --images DIR --labels DIR [--model FILE]`;
 
@@ -28,22 +33,66 @@ async function openPipeline(name: string | undefined) {
   return loadPipeline(file, await loadRegistry());
 }
 
-function createBus(url: string) {
+async function createBus(url: string, log: Logger, signal: AbortSignal): Promise<Bus> {
   if (url === "memory") return new MemoryBus();
-  throw new ConfigError(`bus "${url}" is not supported by this build: use "memory"`);
+  if (!/^(nats|tls):\/\//.test(url)) throw new ConfigError(`bus: expected "memory" or a nats:// URL, got "${url}"`);
+  return NatsBus.connect({
+    url,
+    creds: env("NATS_CREDS"),
+    tls: env("NATS_CA") || env("NATS_CERT") ? { ca: env("NATS_CA"), cert: env("NATS_CERT"), key: env("NATS_KEY") } : undefined,
+    name: `framewire ${basename(url)}`,
+    log,
+    signal,
+  });
+}
+
+/** The stage ids this process runs, from --stages or --placement. */
+function selectStages(spec: PipelineSpec, stages?: string, placement?: string): string[] | undefined {
+  if (stages && placement) throw new ConfigError("--stages and --placement are exclusive");
+  if (stages) {
+    const ids = stages.split(",").map((s) => s.trim()).filter(Boolean);
+    const unknown = ids.filter((id) => !spec.stages.some((s) => s.id === id));
+    if (unknown.length) throw new ConfigError(`--stages: no stage ${unknown.join(", ")} in ${spec.file} (stages: ${spec.stages.map((s) => s.id).join(", ")})`);
+    return ids;
+  }
+  if (placement) {
+    if (!["edge", "cloud"].includes(placement)) throw new ConfigError(`--placement: expected edge or cloud, got "${placement}"`);
+    return spec.stages.filter((s) => s.placement === placement || s.placement === "any").map((s) => s.id);
+  }
+  return undefined;
 }
 
 async function run(rest: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: rest,
     allowPositionals: true,
-    options: { frames: { type: "string" }, json: { type: "boolean" } },
+    options: {
+      frames: { type: "string" },
+      json: { type: "boolean" },
+      nats: { type: "string" },
+      stages: { type: "string" },
+      placement: { type: "string" },
+      "worker-id": { type: "string" },
+    },
   });
   const frames = values.frames === undefined ? undefined : Number(values.frames);
   if (frames !== undefined && !(Number.isInteger(frames) && frames > 0)) throw new ConfigError(`--frames: expected a positive integer, got "${values.frames}"`);
   const spec = await openPipeline(positionals[0]);
   const log = createLogger(spec.name);
-  const exec = new Executor(spec, createBus(spec.bus), { frames, log });
+  const stages = selectStages(spec, values.stages, values.placement);
+  const connecting = new AbortController();
+  const offConnect = onShutdownSignal(() => connecting.abort());
+  const bus = await createBus(values.nats ?? spec.bus, log.child("bus"), connecting.signal);
+  offConnect();
+  if (stages && bus.kind === "memory") throw new ConfigError("--stages/--placement need a NATS bus (--nats nats://host:port or bus: in the file)");
+  const exec = new Executor(spec, bus, {
+    frames,
+    log,
+    stages,
+    workerId: values["worker-id"],
+    placement: values.placement as "edge" | "cloud" | undefined,
+    context: bus instanceof NatsBus ? { nats: bus } : {},
+  });
   let signals = 0;
   const off = onShutdownSignal((sig) => {
     if (++signals > 1) {
@@ -56,6 +105,7 @@ async function run(rest: string[]): Promise<number> {
   await exec.start();
   const summary = await exec.done;
   off();
+  await bus.drain();
   console.log(formatSummary(summary));
   if (values.json) console.log(JSON.stringify({ ...totals(summary), ...summary }));
   const t = totals(summary);

@@ -1,10 +1,15 @@
 import type { Bus } from "./bus.ts";
+import { Dispatcher, EndOfStream, loadSubject, queueGroup, workerSubject } from "./distributed.ts";
 import { Inbox } from "./inbox.ts";
-import type { StageSpec, PipelineSpec } from "./loader.ts";
+import { stageSubject, type PipelineSpec, type StageSpec } from "./loader.ts";
 import { createLogger, type Logger } from "./log.ts";
+import { MemoryBus } from "./memory-bus.ts";
 import type { Frame, Message } from "./message.ts";
+import type { NatsBus } from "./nats-bus.ts";
 import type { SinkInstance, SourceInstance, StageContext, TransformInstance } from "./operator.ts";
 import { StageStats, type PipelineSummary } from "./stats.ts";
+import { subjectMatches } from "./subject.ts";
+import { cpuTime } from "./platform.ts";
 
 type Instance = SourceInstance | TransformInstance | SinkInstance;
 
@@ -13,20 +18,33 @@ interface RunningStage {
   instance: Instance;
   stats: StageStats;
   inbox?: Inbox;
-  busy: boolean;
+  busy: number;
+  send: (msg: Message) => Promise<void>;
 }
 
 export interface RunOptions {
   /** Stop the sources after this many frames in total, then drain. */
   frames?: number;
+  /** Run only these stage ids (the rest run in other processes on the same NATS). */
+  stages?: string[];
+  /** Id of this process among a stage's workers (default: host-pid). */
+  workerId?: string;
+  /** This process's placement, for prefer-local routing. */
+  placement?: "edge" | "cloud" | "any";
   /** How long a drain may take before stages are closed anyway. */
   drainTimeoutMs?: number;
+  /** How long a sender waits for a worker's answer before retrying elsewhere. */
+  requestTimeoutMs?: number;
   log?: Logger;
+  /** Extra context handed to operators (e.g. the NATS connection for sinks). */
+  context?: Partial<StageContext>;
 }
 
 /**
- * Runs a validated pipeline on a bus: one bounded inbox and one worker loop
- * per stage, sources pushing with backpressure, a drain on stop.
+ * Runs a validated pipeline: one bounded inbox and `replicas` worker loops
+ * per stage, sources pushing with backpressure, a drain on stop. Links
+ * between stages in this process are in-memory; links to stages elsewhere go
+ * over the NATS bus (queue groups, or load-aware request/reply).
  * @example
  * const run = new Executor(spec, new MemoryBus());
  * await run.start();
@@ -34,11 +52,20 @@ export interface RunOptions {
  */
 export class Executor {
   private stages: RunningStage[] = [];
+  private local: Set<string>;
+  /** Links inside this process; the given bus itself when that is the memory bus. */
+  private memory: Bus;
+  private remote?: NatsBus;
+  private dispatchers: Dispatcher[] = [];
+  private eos?: EndOfStream;
+  private timers: ReturnType<typeof setInterval>[] = [];
   private abort = new AbortController();
   private log: Logger;
   private emitted = 0;
   private started = 0;
+  private lastRemote = 0;
   private stopReason = "sources finished";
+  readonly workerId: string;
   /** Resolves with the summary once the pipeline has drained and closed. */
   done!: Promise<PipelineSummary>;
 
@@ -48,14 +75,26 @@ export class Executor {
     private opts: RunOptions = {},
   ) {
     this.log = opts.log ?? createLogger(spec.name);
+    this.local = new Set(opts.stages ?? spec.stages.map((s) => s.id));
+    if (bus.kind === "nats") this.remote = bus as NatsBus;
+    this.memory = this.remote ? new MemoryBus() : bus;
+    this.workerId = opts.workerId ?? `${globalThis.process?.pid ?? Math.floor(Math.random() * 1e6)}`;
   }
 
-  /** Creates every operator instance (loading models, spawning nothing yet), then starts the flow. */
+  /** Creates every local operator instance (loading models), then starts the flow. */
   async start(): Promise<void> {
+    const specs = this.spec.stages.filter((s) => this.local.has(s.id));
     const created = await Promise.allSettled(
-      this.spec.stages.map(async (spec) => {
-        const ctx: StageContext = { stage: spec.id, pipeline: this.spec.name, log: this.log.child(spec.id), signal: this.abort.signal };
-        return { spec, instance: await spec.def.create(spec.options as never, ctx), stats: new StageStats(spec.id, spec.def.name, spec.def.kind), busy: false };
+      specs.map(async (spec) => {
+        const ctx: StageContext = {
+          ...this.opts.context,
+          stage: spec.id,
+          pipeline: this.spec.name,
+          log: this.log.child(spec.id),
+          signal: this.abort.signal,
+        };
+        const instance = await spec.def.create(spec.options as never, ctx);
+        return { spec, instance, stats: new StageStats(spec.id, spec.def.name, spec.def.kind), busy: 0, send: async () => {} } as RunningStage;
       }),
     );
     const failed = created.find((c) => c.status === "rejected") as PromiseRejectedResult | undefined;
@@ -65,7 +104,9 @@ export class Executor {
       throw failed.reason;
     }
     this.started = performance.now();
+    for (const st of this.stages) st.send = this.output(st.spec);
     for (const st of this.stages) if (st.spec.def.kind !== "source") this.attach(st);
+    if (this.remote) this.startControlPlane(this.remote);
     const sources = this.stages.filter((s) => s.spec.def.kind === "source").map((s) => this.runSource(s));
     this.done = Promise.all(sources).then(() => this.drain());
   }
@@ -77,18 +118,76 @@ export class Executor {
     this.abort.abort(new Error(reason));
   }
 
-  private attach(st: RunningStage): void {
-    const inbox = new Inbox(st.spec.inboxSize, () => st.stats.dropped++);
-    st.inbox = inbox;
-    for (const subject of st.spec.inputs) this.bus.subscribe(subject, (msg) => inbox.push(msg));
-    void this.work(st, inbox);
+  /** Messages this process routed to each remote worker, by stage. */
+  routing(): Record<string, Record<string, number>> {
+    return Object.fromEntries(this.dispatchers.map((d) => [d.stage.id, d.sentBy()]));
   }
 
-  private async work(st: RunningStage, inbox: Inbox): Promise<void> {
+  /** Stages reading a stage's output subject. */
+  private consumers(spec: StageSpec): StageSpec[] {
+    return this.spec.stages.filter((c) => c.inputs.some((i) => subjectMatches(i, spec.output)));
+  }
+
+  /** Where a stage's output goes: local consumers in memory, remote ones over NATS. */
+  private output(spec: StageSpec): (msg: Message) => Promise<void> {
+    if (spec.def.kind === "sink") return async () => {};
+    const consumers = this.consumers(spec);
+    const anyLocal = consumers.some((c) => this.local.has(c.id));
+    const remoteConsumers = consumers.filter((c) => !this.local.has(c.id));
+    const remote = this.remote;
+    if (!remote) return (msg) => this.memory.publish(spec.output, msg);
+    // An explicit `out` subject may be read by other pipelines: always publish it.
+    const explicitOut = spec.output !== stageSubject(this.spec.name, spec.id);
+    const publish = explicitOut || remoteConsumers.some((c) => c.route === "queue");
+    const directed = remoteConsumers
+      .filter((c) => c.route !== "queue")
+      .map((c) => new Dispatcher(remote, this.spec.name, c, this.opts.placement ?? spec.placement, this.log, this.opts.requestTimeoutMs));
+    this.dispatchers.push(...directed);
+    return async (msg) => {
+      if (anyLocal) await this.memory.publish(spec.output, msg);
+      if (publish) await remote.publish(spec.output, msg);
+      for (const d of directed) await d.send(msg);
+    };
+  }
+
+  private attach(st: RunningStage): void {
+    const acks = new WeakMap<Message, (reply: string) => void>();
+    const inbox = new Inbox(st.spec.inboxSize, (msg) => {
+      st.stats.dropped++;
+      acks.get(msg)?.("dropped");
+    });
+    st.inbox = inbox;
+    const push = (msg: Message) => {
+      this.lastRemote = performance.now();
+      return inbox.push(msg);
+    };
+    let served = false;
+    for (const subject of st.spec.inputs) {
+      const producers = this.spec.stages.filter((p) => p.def.kind !== "sink" && subjectMatches(subject, p.output));
+      if (producers.some((p) => this.local.has(p.id)) || !this.remote) this.memory.subscribe(subject, (msg) => inbox.push(msg));
+      if (!this.remote) continue;
+      const external = producers.length === 0;
+      if (producers.some((p) => !this.local.has(p.id)) || external) {
+        if (st.spec.route === "queue" || external) {
+          this.remote.subscribe(subject, push, { queue: queueGroup(this.spec.name, st.spec.id) });
+        } else if (!served) {
+          served = true;
+          // Load-aware routes address this worker directly and wait for its answer.
+          this.remote.serve(workerSubject(this.spec.name, st.spec.id, this.workerId), (msg) => {
+            const answered = new Promise<string>((resolve) => acks.set(msg, resolve));
+            return Promise.resolve(push(msg)).then(() => answered);
+          });
+        }
+      }
+    }
+    for (let i = 0; i < st.spec.replicas; i++) void this.work(st, inbox, acks);
+  }
+
+  private async work(st: RunningStage, inbox: Inbox, acks: WeakMap<Message, (reply: string) => void>): Promise<void> {
     const inst = st.instance as TransformInstance | SinkInstance;
     const isSink = st.spec.def.kind === "sink";
     for (let msg = await inbox.take(); msg; msg = await inbox.take()) {
-      st.busy = true;
+      st.busy++;
       st.stats.received++;
       const t0 = performance.now();
       try {
@@ -101,18 +200,20 @@ export class Executor {
         } else if (out) {
           for (const m of Array.isArray(out) ? out : [out]) {
             st.stats.sent++;
-            await this.bus.publish(st.spec.output, m);
+            await st.send(m);
           }
         }
+        acks.get(msg)?.("done");
       } catch (err) {
         st.stats.failed++;
-        // One line per failure class keeps a broken frame from flooding the log.
+        acks.get(msg)?.("failed");
+        // A few lines, then one per hundred: a broken stream must not flood the log.
         if (st.stats.failed <= 3 || st.stats.failed % 100 === 0) {
           st.stats.lastError = (err as Error).message;
           this.log.child(st.spec.id).error(`${describe(msg)} failed (${st.stats.failed} so far): ${(err as Error).message}`);
         }
       } finally {
-        st.busy = false;
+        st.busy--;
       }
     }
   }
@@ -124,7 +225,7 @@ export class Executor {
       if (this.abort.signal.aborted) return;
       this.emitted++;
       st.stats.sent++;
-      await this.bus.publish(st.spec.output, frame);
+      await st.send(frame);
       if (limit !== undefined && this.emitted >= limit) this.stop(`--frames ${limit} reached`);
     };
     try {
@@ -136,15 +237,66 @@ export class Executor {
     }
   }
 
+  /** Load adverts for every local stage and end-of-stream tracking of remote upstream stages. */
+  private startControlPlane(remote: NatsBus): void {
+    const upstream = new Set<string>();
+    for (const st of this.stages) {
+      for (const subject of st.spec.inputs) {
+        for (const p of this.spec.stages) if (!this.local.has(p.id) && p.def.kind !== "sink" && subjectMatches(subject, p.output)) upstream.add(p.id);
+      }
+    }
+    this.eos = new EndOfStream(remote, this.spec.name, [...upstream]);
+    let cpuPrev = cpuTime();
+    let cpuAt = performance.now();
+    const advertise = () => {
+      const now = performance.now();
+      const spent = cpuTime();
+      // Share of one core this process used since the last advert.
+      const cpu = (spent - cpuPrev) / Math.max(1, now - cpuAt);
+      [cpuPrev, cpuAt] = [spent, now];
+      for (const st of this.stages) {
+        remote.publishJson(loadSubject(this.spec.name, st.spec.id), {
+          worker: this.workerId,
+          stage: st.spec.id,
+          placement: this.opts.placement ?? st.spec.placement,
+          capacity: st.spec.inboxSize + st.spec.replicas,
+          inflight: (st.inbox?.size ?? 0) + st.busy,
+          latencyMs: st.stats.latency.count ? st.stats.latency.mean : 0,
+          cpu,
+          ts: Date.now(),
+        });
+      }
+    };
+    advertise();
+    this.timers.push(setInterval(advertise, 100));
+    // Without local sources, this process ends when every remote upstream stage has ended.
+    if (!this.stages.some((s) => s.spec.def.kind === "source") && upstream.size) {
+      const check = setInterval(() => {
+        if ([...upstream].every((s) => this.eos!.finished(s))) {
+          clearInterval(check);
+          this.stop("upstream stages finished");
+        }
+      }, 50);
+      this.timers.push(check);
+    }
+  }
+
   private idle(): boolean {
-    return this.stages.every((s) => !s.busy && (!s.inbox || s.inbox.size === 0));
+    return (
+      this.stages.every((s) => s.busy === 0 && (!s.inbox || s.inbox.size === 0)) &&
+      this.dispatchers.every((d) => d.pending === 0)
+    );
   }
 
   private async drain(): Promise<PipelineSummary> {
+    if (this.remote && !this.abort.signal.aborted && !this.stages.some((s) => s.spec.def.kind === "source")) {
+      // A pure worker process: wait until stopped (signal or upstream end of stream).
+      await new Promise((r) => this.abort.signal.addEventListener("abort", r, { once: true }));
+    }
     const deadline = performance.now() + (this.opts.drainTimeoutMs ?? 30_000);
     // Two idle observations in a row: a publish may be between stages for one tick.
     let calm = 0;
-    while (calm < 2) {
+    while (calm < 2 || (this.remote && performance.now() - this.lastRemote < 200)) {
       if (performance.now() > deadline) {
         this.log.warn("drain timed out; closing stages with messages still in flight");
         break;
@@ -152,7 +304,13 @@ export class Executor {
       calm = this.idle() ? calm + 1 : 0;
       await new Promise((r) => setTimeout(r, 5));
     }
-    for (const st of this.stages) st.inbox?.close();
+    for (const t of this.timers) clearInterval(t);
+    for (const st of this.stages) {
+      st.inbox?.close();
+      if (st.spec.def.kind !== "sink") this.eos?.announce(st.spec.id, this.workerId);
+    }
+    for (const d of this.dispatchers) d.close();
+    this.eos?.close();
     await this.closeInstances();
     const seconds = (performance.now() - this.started) / 1000;
     return {
@@ -160,7 +318,12 @@ export class Executor {
       bus: this.bus.kind,
       reason: this.stopReason,
       seconds,
-      stages: this.stages.map((s) => s.stats.snapshot()),
+      stages: this.stages.map((s) => {
+        const snap = s.stats.snapshot();
+        const routed = this.dispatchers.filter((d) => this.consumers(s.spec).includes(d.stage));
+        for (const d of routed) snap.dropped += d.dropped;
+        return snap;
+      }),
     };
   }
 

@@ -20,6 +20,12 @@ const StageSchema = v.strictObject({
   in: v.optional(v.union([Subject, v.pipe(v.array(Subject), v.minLength(1))])),
   out: v.optional(v.pipe(v.string(), v.check((s) => !checkSubject(s, false), "expected a NATS subject without wildcards"))),
   inbox: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(10_000))),
+  /** Workers of this stage in one process (they share the inbox). */
+  replicas: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(64)), 1),
+  /** How senders in other processes pick among this stage's workers (NATS bus). */
+  route: v.optional(v.picklist(["queue", "least-loaded", "prefer-local"]), "queue"),
+  /** Where this stage is meant to run; `--placement` selects by it. */
+  placement: v.optional(v.picklist(["edge", "cloud", "any"]), "any"),
 });
 
 /** The file's top level; each stage's `with` is checked by its operator's schema. */
@@ -38,6 +44,9 @@ export interface StageSpec {
   /** Subject this stage publishes to (unused by sinks). */
   output: string;
   inboxSize: number;
+  replicas: number;
+  route: "queue" | "least-loaded" | "prefer-local";
+  placement: "edge" | "cloud" | "any";
   line: number;
 }
 
@@ -117,6 +126,7 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
   let upstream: string | undefined;
   const stages: StageSpec[] = p.stages.map((s, i) => {
     const { def, options } = resolved[i];
+    if (def.kind === "source" && s.replicas > 1) reportAt(doc, at, ["stages", i, "replicas"], "a source cannot have replicas");
     let inputs: string[] = [];
     if (def.kind === "source") {
       if (s.in) reportAt(doc, at, ["stages", i, "in"], `a source (${def.name}) takes no input`);
@@ -129,7 +139,7 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
     }
     const output = subjectOf(s.id);
     if (def.kind !== "sink") upstream = output;
-    return { id: s.id, def, options, inputs, output, inboxSize: s.inbox ?? DEFAULT_INBOX, line: lineOf(doc, lines, ["stages", i]) };
+    return { id: s.id, def, options, inputs, output, inboxSize: s.inbox ?? DEFAULT_INBOX, replicas: s.replicas, route: s.route, placement: s.placement, line: lineOf(doc, lines, ["stages", i]) };
   });
   if (!stages.some((s) => s.def.kind === "source")) reportAt(doc, at, ["stages"], "no source stage: the pipeline would never receive a frame");
   if (issues.length) throw fail();
@@ -149,9 +159,23 @@ function interpolateScalars(doc: Document, env: (k: string) => string | undefine
         return;
       }
       const whole = /^\$\{[^}]+\}$/.test(node.value) && node.type === "PLAIN";
-      node.value = whole ? parseYamlValue(result) ?? result : result;
+      node.value = whole ? typedValue(result) : result;
     },
   });
+}
+
+/**
+ * A substituted value read as YAML (`5` → 5, `true` → true, `[a, b]` → list).
+ * Text that YAML would reject (`@x`) or rewrite (`a #b` loses its "comment")
+ * stays the literal string.
+ */
+function typedValue(text: string): unknown {
+  try {
+    const value = parseYamlValue(text);
+    return value === null || typeof value === "string" ? text : value;
+  } catch {
+    return text;
+  }
 }
 
 function pathFromAncestors(ancestors: readonly unknown[], leaf: unknown): string {

@@ -84,10 +84,7 @@ export class NatsBus implements Bus {
   }
 
   async publish(subject: string, msg: Message): Promise<void> {
-    const payload = encodeMessage(msg);
-    const limit = this.nc.info?.max_payload ?? 1024 * 1024;
-    if (payload.length > limit) throw new PayloadTooLargeError(subject, payload.length, limit);
-    this.nc.publish(subject, payload);
+    this.nc.publish(subject, this.encode(subject, msg));
     this.stats.published++;
   }
 
@@ -119,6 +116,76 @@ export class NatsBus implements Bus {
         this.stats.received++;
         const r = handler(msg, m.subject);
         if (r) r.catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`));
+      },
+    });
+    return { unsubscribe: () => sub.unsubscribe() };
+  }
+
+  /**
+   * Sends a message to one worker and resolves with its reply ("done" after
+   * processing, "dropped" when its inbox evicted it).
+   * @throws on timeout or when no worker listens on `subject`.
+   */
+  /**
+   * Encodes a message for `subject`.
+   * @throws PayloadTooLargeError when it exceeds the server's max_payload.
+   */
+  encode(subject: string, msg: Message): Uint8Array {
+    const payload = encodeMessage(msg);
+    const limit = this.nc.info?.max_payload ?? 1024 * 1024;
+    if (payload.length > limit) throw new PayloadTooLargeError(subject, payload.length, limit);
+    return payload;
+  }
+
+  /**
+   * Sends an encoded message to one worker and resolves with its reply
+   * ("done" after processing, "dropped" when its inbox evicted it).
+   * @throws on timeout or when no worker listens on `subject`.
+   */
+  async request(subject: string, payload: Uint8Array, timeoutMs: number): Promise<string> {
+    this.stats.published++;
+    const reply = await this.nc.request(subject, payload, { timeout: timeoutMs });
+    return reply.string();
+  }
+
+  /** Answers requests on `subject`: replies with what `handler` resolves to. */
+  serve(subject: string, handler: (msg: Message) => Promise<string>): Subscription {
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, m) => {
+        if (err) return this.log.error(`endpoint ${subject}: ${err.message}`);
+        let msg: Message;
+        try {
+          msg = decodeMessage(m.data);
+        } catch (e) {
+          this.stats.rejected++;
+          this.log.warn(`rejected request on ${m.subject}: ${(e as Error).message}`);
+          m.respond("rejected");
+          return;
+        }
+        this.stats.received++;
+        handler(msg).then(
+          (r) => m.respond(r),
+          (e) => m.respond(`failed: ${(e as Error).message}`),
+        );
+      },
+    });
+    return { unsubscribe: () => sub.unsubscribe() };
+  }
+
+  /** Control-plane messages (load adverts, end of stream): small JSON. */
+  publishJson(subject: string, value: unknown): void {
+    if (!this.nc.isClosed()) this.nc.publish(subject, JSON.stringify(value));
+  }
+
+  subscribeJson(subject: string, handler: (value: unknown, subject: string) => void): Subscription {
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, m) => {
+        if (err) return;
+        try {
+          handler(m.json(), m.subject);
+        } catch (e) {
+          this.log.warn(`bad control message on ${m.subject}: ${(e as Error).message}`);
+        }
       },
     });
     return { unsubscribe: () => sub.unsubscribe() };

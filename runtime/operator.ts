@@ -1,6 +1,7 @@
 import type * as v from "valibot";
 import type { Frame, Message } from "./message.ts";
 import type { Logger } from "./log.ts";
+import type { NatsBus } from "./nats-bus.ts";
 
 /** What every operator instance gets from the runtime. */
 export interface StageContext {
@@ -10,6 +11,8 @@ export interface StageContext {
   log: Logger;
   /** Aborted when the pipeline shuts down. */
   signal: AbortSignal;
+  /** The pipeline's NATS connection, when its bus is NATS (sinks may publish results on it). */
+  nats?: NatsBus;
 }
 
 /** Produces frames until it ends (file end) or `signal` aborts. */

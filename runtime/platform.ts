@@ -125,6 +125,12 @@ export function exit(code: number): never {
   process.exit(code);
 }
 
+/** CPU time (user + system) this process has used, in ms. */
+export function cpuTime(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
 /** Resident set size of this process in bytes. */
 export function rss(): number {
   return process.memoryUsage().rss;

@@ -1,0 +1,314 @@
+import * as v from "valibot";
+import { mkdir, open, rename } from "node:fs/promises";
+import { dirname } from "node:path";
+import type { Event, Frame, Message } from "../runtime/message.ts";
+import { defineOperator } from "../runtime/operator.ts";
+import { exists, readText } from "../runtime/platform.ts";
+
+const Norm = v.pipe(v.number(), v.minValue(0), v.maxValue(1));
+const Point = v.tuple([Norm, Norm]);
+const Id = v.pipe(v.string(), v.regex(/^[\w-]+$/, "expected an id of letters, digits, _ and -"));
+const Line = v.pipe(
+  v.strictObject({ id: Id, from: Point, to: Point }),
+  v.check((l) => l.from[0] !== l.to[0] || l.from[1] !== l.to[1], "a line's from and to must differ"),
+);
+const unique = <T extends { id: string }>(items: T[]) => new Set(items.map((i) => i.id)).size === items.length;
+
+const Options = v.pipe(
+  v.strictObject({
+    /**
+     * Directed counting lines in normalised image coordinates (0..1). A track
+     * moving to the right-hand side of from→to (as drawn on the image, y down)
+     * counts `in`, the reverse `out`: a line drawn left to right counts
+     * people walking down the image as `in`.
+     */
+    lines: v.optional(v.pipe(v.array(Line), v.check(unique, "line ids must be unique")), []),
+    /** Polygons in normalised image coordinates (0..1), at least 3 points. */
+    zones: v.optional(v.pipe(v.array(v.strictObject({ id: Id, polygon: v.pipe(v.array(Point), v.minLength(3)) })), v.check(unique, "zone ids must be unique")), []),
+    /** The point of a box that stands for the track: its bottom centre (the feet) or its centre. */
+    anchor: v.optional(v.picklist(["bottom-center", "center"]), "bottom-center"),
+    /** Count only these class names (default: all tracked detections). */
+    classes: v.optional(v.pipe(v.array(v.string()), v.minLength(1))),
+    /** Half-width of the dead band around each line (normalised units): moves inside it change no side. */
+    margin: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(0.5)), 0.01),
+    /** Frames a track must stay on a new side (or in/out of a zone) before it counts: jitter never does. */
+    minFrames: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1000)), 2),
+    /**
+     * Frame rate of file sources: their stream time is then seq/fps, exact at any
+     * processing speed (a file frame's capture time is when it was decoded).
+     * Live frames, and files without it, use capture time.
+     */
+    fps: v.optional(v.pipe(v.number(), v.minValue(0.01), v.maxValue(1000))),
+    /** Seconds of stream time between `counts` events (and log lines). */
+    countsInterval: v.optional(v.pipe(v.number(), v.minValue(0.1)), 10),
+    /** Seconds a track may go unseen before it is forgotten (leaving its zones). */
+    lostAfter: v.optional(v.pipe(v.number(), v.minValue(0.1)), 5),
+    /** JSON file keeping the totals across restarts (written atomically, at most once a second, and at close). */
+    state: v.optional(v.pipe(v.string(), v.minLength(1))),
+  }),
+  v.check((o) => o.lines.length + o.zones.length > 0, "give at least one line or zone"),
+);
+type Options = v.InferOutput<typeof Options>;
+
+/** Totals per stream as kept in the state file. */
+interface SavedCounts {
+  lines: Record<string, { in: number; out: number }>;
+  zones: Record<string, { entries: number }>;
+}
+interface StateFile {
+  version: 1;
+  streams: Record<string, SavedCounts>;
+}
+
+interface TrackMemo {
+  cls: string;
+  lastSeen: number;
+  /** Per line: committed side (−1, 0 = not yet known, +1), the side it is moving to and for how many frames. */
+  side: Int8Array;
+  pend: Int8Array;
+  pendN: Uint16Array;
+  /** Per line: last anchor on the committed side (x, y), where a crossing path starts. */
+  last: Float64Array;
+  /** Per zone: inside (committed), frames of the opposite state, when that streak began, when it entered. */
+  inside: Uint8Array;
+  zPendN: Uint16Array;
+  zPendSince: Float64Array;
+  enteredAt: Float64Array;
+}
+
+interface StreamState {
+  crossIn: Float64Array;
+  crossOut: Float64Array;
+  entries: Float64Array;
+  occupancy: Int32Array;
+  tracks: Map<number, TrackMemo>;
+  lastCounts: number;
+}
+
+/** Even–odd rule on a flat [x0, y0, x1, y1, ...] polygon. */
+function inPolygon(x: number, y: number, poly: Float64Array): boolean {
+  let inside = false;
+  const n = poly.length / 2;
+  for (let i = 0, j = n - 1; i < n; j = i++) {
+    const xi = poly[2 * i], yi = poly[2 * i + 1], xj = poly[2 * j], yj = poly[2 * j + 1];
+    if (yi > y !== yj > y && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) inside = !inside;
+  }
+  return inside;
+}
+
+/** Writes JSON to `path` via a synced temporary file and a rename, so neither a crash nor a power cut leaves half a file. */
+async function writeAtomic(path: string, data: unknown): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  // Writes are serialised per operator, so one temporary name suffices.
+  const tmp = `${path}.tmp`;
+  const fh = await open(tmp, "w");
+  try {
+    await fh.writeFile(JSON.stringify(data, null, 1));
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
+}
+
+/** The state file's totals, or an empty state when there is none; an unreadable one is moved aside. */
+async function loadState(path: string, warn: (m: string) => void): Promise<StateFile> {
+  if (!(await exists(path))) return { version: 1, streams: {} };
+  try {
+    const s = JSON.parse(await readText(path)) as StateFile;
+    if (s?.version === 1 && typeof s.streams === "object" && s.streams) return s;
+    throw new Error("not a zones state file (version 1)");
+  } catch (err) {
+    await rename(path, `${path}.corrupt`);
+    warn(`${path}: ${(err as Error).message}; moved to ${path}.corrupt, counting from zero`);
+    return { version: 1, streams: {} };
+  }
+}
+
+/**
+ * Counts line crossings and zone visits per track and emits them as events;
+ * periodic `counts` events carry the totals.
+ */
+export default defineOperator({
+  name: "zones",
+  kind: "transform",
+  description: "Line crossings (in/out) and zone enter/exit/dwell/occupancy per track, as events; periodic counts; totals survive restarts.",
+  options: Options,
+  async create(o, ctx) {
+    const L = o.lines.length;
+    const Z = o.zones.length;
+    // Per line, computed once: start point, unit direction and length.
+    const geo = new Float64Array(L * 5);
+    o.lines.forEach(({ from, to }, i) => {
+      const len = Math.hypot(to[0] - from[0], to[1] - from[1]);
+      geo.set([from[0], from[1], (to[0] - from[0]) / len, (to[1] - from[1]) / len, len], i * 5);
+    });
+    const polys = o.zones.map((z) => new Float64Array(z.polygon.flat()));
+    const allowed = o.classes ? new Set(o.classes) : undefined;
+    const saved: StateFile = o.state ? await loadState(o.state, (m) => ctx.log.warn(m)) : { version: 1, streams: {} };
+    const streams = new Map<string, StreamState>();
+    let dirty = false;
+    let lastWrite = 0;
+    let writing: Promise<void> = Promise.resolve();
+
+    function stream(id: string, now: number): StreamState {
+      let s = streams.get(id);
+      if (s) return s;
+      const prev = saved.streams[id];
+      s = {
+        crossIn: Float64Array.from(o.lines, (l) => prev?.lines?.[l.id]?.in ?? 0),
+        crossOut: Float64Array.from(o.lines, (l) => prev?.lines?.[l.id]?.out ?? 0),
+        entries: Float64Array.from(o.zones, (z) => prev?.zones?.[z.id]?.entries ?? 0),
+        occupancy: new Int32Array(Z),
+        tracks: new Map(),
+        lastCounts: now,
+      };
+      streams.set(id, s);
+      return s;
+    }
+
+    function totals(s: StreamState): SavedCounts {
+      const out: SavedCounts = { lines: {}, zones: {} };
+      o.lines.forEach((l, i) => (out.lines[l.id] = { in: s.crossIn[i], out: s.crossOut[i] }));
+      o.zones.forEach((z, i) => (out.zones[z.id] = { entries: s.entries[i] }));
+      return out;
+    }
+
+    function save(): Promise<void> {
+      if (!o.state || !dirty) return writing;
+      dirty = false;
+      lastWrite = Date.now();
+      for (const [id, s] of streams) saved.streams[id] = totals(s);
+      const path = o.state;
+      const snapshot = structuredClone(saved);
+      writing = writing.then(() => writeAtomic(path, snapshot)).catch((e) => ctx.log.error(`writing ${path}: ${(e as Error).message}`));
+      return writing;
+    }
+
+    function countsLine(id: string, s: StreamState): string {
+      const parts = [
+        ...o.lines.map((l, i) => `${l.id} in ${s.crossIn[i]} out ${s.crossOut[i]}`),
+        ...o.zones.map((z, i) => `${z.id} ${s.occupancy[i]} inside, ${s.entries[i]} entered`),
+      ];
+      return `counts ${id}: ${parts.join(" | ")}`;
+    }
+
+    function memo(cls: string): TrackMemo {
+      return {
+        cls,
+        lastSeen: 0,
+        side: new Int8Array(L),
+        pend: new Int8Array(L),
+        pendN: new Uint16Array(L),
+        last: new Float64Array(L * 2),
+        inside: new Uint8Array(Z),
+        zPendN: new Uint16Array(Z),
+        zPendSince: new Float64Array(Z),
+        enteredAt: new Float64Array(Z),
+      };
+    }
+
+    function onFrame(f: Frame): Message[] {
+      const now = o.fps && !f.live ? (f.seq * 1000) / o.fps : f.ts;
+      const s = stream(f.stream, now);
+      const events: Event[] = [];
+      const emit = (type: string, data: Record<string, unknown>) => events.push({ kind: "event", stream: f.stream, seq: f.seq, ts: f.ts, type, data });
+      const W = f.image.width;
+      const H = f.image.height;
+
+      for (const d of f.detections ?? []) {
+        const id = d.trackId;
+        if (id === undefined || (allowed && !allowed.has(d.class))) continue;
+        let t = s.tracks.get(id);
+        if (!t) s.tracks.set(id, (t = memo(d.class)));
+        t.lastSeen = now;
+        const [x1, y1, x2, y2] = d.box;
+        const x = (x1 + x2) / 2 / W;
+        const y = (o.anchor === "center" ? (y1 + y2) / 2 : y2) / H;
+
+        for (let i = 0; i < L; i++) {
+          const fx = geo[i * 5], fy = geo[i * 5 + 1], ux = geo[i * 5 + 2], uy = geo[i * 5 + 3];
+          // Signed distance: positive on the right-hand side of from→to (y points down).
+          const dist = ux * (y - fy) - uy * (x - fx);
+          const side = dist > o.margin ? 1 : dist < -o.margin ? -1 : 0;
+          if (side === 0) continue; // in the dead band: no evidence either way
+          if (t.side[i] === 0 || side === t.side[i]) {
+            t.side[i] = side;
+            t.pendN[i] = 0;
+            t.last[i * 2] = x;
+            t.last[i * 2 + 1] = y;
+            continue;
+          }
+          t.pendN[i] = t.pend[i] === side ? t.pendN[i] + 1 : 1;
+          t.pend[i] = side;
+          if (t.pendN[i] < o.minFrames) continue;
+          // Committed: count it if the path crossed the segment itself, not its extension.
+          const px = t.last[i * 2], py = t.last[i * 2 + 1];
+          const dp = ux * (py - fy) - uy * (px - fx);
+          const k = dp / (dp - dist);
+          const along = ((px + (x - px) * k - fx) * ux + (py + (y - py) * k - fy) * uy) / geo[i * 5 + 4];
+          t.side[i] = side;
+          t.pendN[i] = 0;
+          t.last[i * 2] = x;
+          t.last[i * 2 + 1] = y;
+          if (along < 0 || along > 1) continue;
+          if (side > 0) s.crossIn[i]++;
+          else s.crossOut[i]++;
+          dirty = true;
+          emit("cross", { line: o.lines[i].id, direction: side > 0 ? "in" : "out", trackId: id, class: d.class });
+        }
+
+        for (let i = 0; i < Z; i++) {
+          const inside = inPolygon(x, y, polys[i]) ? 1 : 0;
+          if (inside === t.inside[i]) {
+            t.zPendN[i] = 0;
+            continue;
+          }
+          if (t.zPendN[i]++ === 0) t.zPendSince[i] = now;
+          if (t.zPendN[i] < o.minFrames) continue;
+          t.inside[i] = inside;
+          t.zPendN[i] = 0;
+          if (inside) {
+            t.enteredAt[i] = t.zPendSince[i];
+            s.occupancy[i]++;
+            s.entries[i]++;
+            dirty = true;
+            emit("enter", { zone: o.zones[i].id, trackId: id, class: d.class });
+          } else {
+            s.occupancy[i]--;
+            emit("exit", { zone: o.zones[i].id, trackId: id, class: d.class, dwellMs: Math.round(t.zPendSince[i] - t.enteredAt[i]) });
+          }
+        }
+      }
+
+      // Tracks gone for good leave their zones when last seen.
+      for (const [id, t] of s.tracks) {
+        if (now - t.lastSeen <= o.lostAfter * 1000) continue;
+        for (let i = 0; i < Z; i++) {
+          if (!t.inside[i]) continue;
+          s.occupancy[i]--;
+          emit("exit", { zone: o.zones[i].id, trackId: id, class: t.cls, dwellMs: Math.round(t.lastSeen - t.enteredAt[i]) });
+        }
+        s.tracks.delete(id);
+      }
+
+      if (now - s.lastCounts >= o.countsInterval * 1000) {
+        s.lastCounts = now;
+        const c = totals(s);
+        const zones = Object.fromEntries(o.zones.map((z, i) => [z.id, { occupancy: s.occupancy[i], entries: s.entries[i] }]));
+        emit("counts", { lines: c.lines, zones });
+        ctx.log.info(countsLine(f.stream, s));
+      }
+      if (dirty && Date.now() - lastWrite >= 1000) void save();
+      return events.length ? [f, ...events] : [f];
+    }
+
+    return {
+      process: (msg) => (msg.kind === "frame" ? onFrame(msg) : msg),
+      async close() {
+        for (const [id, s] of streams) ctx.log.info(countsLine(id, s));
+        await save();
+      },
+    };
+  },
+});

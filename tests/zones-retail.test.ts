@@ -1,0 +1,41 @@
+/** pipelines/retail.yaml on the shipped clip: real ffmpeg, real model, outputs redirected to a temp dir. */
+import { afterAll, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Executor } from "../runtime/executor.ts";
+import { loadPipeline } from "../runtime/loader.ts";
+import { createLogger } from "../runtime/log.ts";
+import { MemoryBus } from "../runtime/memory-bus.ts";
+import { pipelinesDir } from "../runtime/paths.ts";
+import { loadRegistry } from "../runtime/registry.ts";
+
+const tmp = mkdtempSync(join(tmpdir(), "fw-retail-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+test("retail.yaml tracks people and emits zone events on the sample clip", async () => {
+  // No environment: the defaults (the shipped clip), whatever CAMERA_URL the caller has.
+  const spec = await loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), () => undefined);
+  expect(spec.stages.map((s) => s.def.name)).toEqual(["ingest", "resize", "infer-onnx", "nms", "tracker", "zones", "sink-jsonl", "sink-log"]);
+  const out = join(tmp, "retail.jsonl");
+  for (const s of spec.stages) {
+    if (s.def.name === "sink-jsonl") (s.options as { path: string }).path = out;
+    if (s.def.name === "zones") (s.options as { state: string }).state = join(tmp, "counts.json");
+  }
+  const exec = new Executor(spec, new MemoryBus(), { frames: 60, log: createLogger("retail", 99) });
+  await exec.start();
+  const summary = await exec.done;
+  expect(summary.stages.every((s) => s.failed === 0)).toBe(true);
+
+  const lines = readFileSync(out, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+  const frames = lines.filter((l) => l.detections);
+  const events = lines.filter((l) => l.type);
+  expect(frames).toHaveLength(60);
+  const tracked = frames.flatMap((f) => f.detections).filter((d: { trackId?: number }) => Number.isInteger(d.trackId));
+  expect(tracked.length).toBeGreaterThan(60);
+  expect(events.length).toBeGreaterThan(0);
+  // 60 frames at 10 fps span one 5 s counts interval.
+  expect(events.find((e) => e.type === "counts")).toMatchObject({ seq: 50, lines: { entrance: {} }, zones: { shelf: {} } });
+  const counts = JSON.parse(readFileSync(join(tmp, "counts.json"), "utf8"));
+  expect(Object.keys(counts.streams)).toEqual(["cam"]);
+});
