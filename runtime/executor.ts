@@ -118,6 +118,27 @@ export class Executor {
     this.abort.abort(new Error(reason));
   }
 
+  /**
+   * Live view of this process's stages for metrics and status pages: the
+   * counters and histograms themselves, read at scrape time (no per-frame cost).
+   */
+  live(): { id: string; operator: string; kind: string; stats: StageStats; queued: number; busy: number; capacity: number }[] {
+    return this.stages.map((s) => ({
+      id: s.spec.id,
+      operator: s.spec.def.name,
+      kind: s.spec.def.kind,
+      stats: s.stats,
+      queued: s.inbox?.size ?? 0,
+      busy: s.busy,
+      capacity: s.spec.inboxSize,
+    }));
+  }
+
+  /** True once every local stage is created and the flow has started. */
+  get running(): boolean {
+    return this.started > 0 && !this.abort.signal.aborted;
+  }
+
   /** Messages this process routed to each remote worker, by stage. */
   routing(): Record<string, Record<string, number>> {
     return Object.fromEntries(this.dispatchers.map((d) => [d.stage.id, d.sentBy()]));
