@@ -1,28 +1,21 @@
 /**
- * The one place that touches runtime-specific APIs (Bun today; a Deno adapter
- * implements the same surface). Everything else uses web-standard APIs and
- * this module, so porting framewire means porting this file only.
+ * The one place that touches runtime-specific APIs. The adapter for the
+ * running runtime (Bun or Deno) is chosen at start; operators and the rest
+ * of runtime/ use only these functions, web-standard APIs and node: modules
+ * that both runtimes implement.
  */
-
-// node:fs is implemented by Bun and Deno alike.
 import { existsSync as fsExistsSync } from "node:fs";
+import { appendFile, mkdir, stat } from "node:fs/promises";
+import { dirname } from "node:path";
+import { cpuUsage, memoryUsage } from "node:process";
+import type { ChildProcess, FileWriter, Platform } from "./platform/types.ts";
 
-/** A running child process with byte streams. */
-export interface ChildProcess {
-  readonly pid: number;
-  readonly stdout: ReadableStream<Uint8Array>;
-  readonly stderr: ReadableStream<Uint8Array>;
-  /** Resolves with the exit code (or null when killed by a signal). */
-  readonly exited: Promise<number | null>;
-  kill(signal?: "SIGTERM" | "SIGKILL" | "SIGINT"): void;
-}
+export type { ChildProcess, FileWriter };
 
-/** An append-only buffered file writer. */
-export interface FileWriter {
-  write(text: string | Uint8Array): void;
-  flush(): Promise<void>;
-  close(): Promise<void>;
-}
+const impl: Platform = "Deno" in globalThis ? (await import("./platform/deno.ts")).platform : (await import("./platform/bun.ts")).platform;
+
+/** "bun 1.4.5" or "deno 2.9.6". */
+export const runtimeName = impl.name;
 
 /**
  * Starts a child process with piped stdout/stderr and no stdin.
@@ -30,26 +23,19 @@ export interface FileWriter {
  * const p = spawn("ffmpeg", ["-version"]);
  * console.log(await new Response(p.stdout).text());
  */
-export function spawn(cmd: string, args: string[], opts: { env?: Record<string, string> } = {}): ChildProcess {
-  const proc = Bun.spawn([cmd, ...args], {
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    env: opts.env ? { ...process.env, ...opts.env } : undefined,
-  });
-  return {
-    pid: proc.pid,
-    stdout: proc.stdout,
-    stderr: proc.stderr,
-    exited: proc.exited.then(() => proc.exitCode),
-    kill: (signal = "SIGTERM") => proc.kill(signal),
-  };
-}
+export const spawn = impl.spawn;
+export const readText = impl.readText;
+export const readBytes = impl.readBytes;
+/** Full path of an executable on PATH, or undefined. */
+export const which = impl.which;
+export const env = impl.env;
+/** Command-line arguments after the script. */
+export const args = impl.args;
+export const exit = impl.exit;
 
 /** True when a file (or directory) exists at `path`. */
 export async function exists(path: string): Promise<boolean> {
   try {
-    const { stat } = await import("node:fs/promises");
     await stat(path);
     return true;
   } catch {
@@ -62,78 +48,39 @@ export function existsSync(path: string): boolean {
   return fsExistsSync(path);
 }
 
-export async function readText(path: string): Promise<string> {
-  return Bun.file(path).text();
-}
-
-export async function readBytes(path: string): Promise<Uint8Array> {
-  return new Uint8Array(await Bun.file(path).arrayBuffer());
-}
-
 /**
  * Opens `path` for buffered writing (truncating unless `append`), creating
  * parent directories.
+ * @example
+ * const out = await openWriter("out/run.jsonl");
+ * out.write("{}\n");
+ * await out.close();
  */
 export async function openWriter(path: string, append = false): Promise<FileWriter> {
-  const { mkdir, appendFile } = await import("node:fs/promises");
-  const { dirname } = await import("node:path");
   await mkdir(dirname(path), { recursive: true });
-  if (append) {
-    // Bun's FileSink truncates; buffer here and append on flush instead.
-    let pending: (string | Uint8Array)[] = [];
-    const flush = async () => {
-      if (pending.length === 0) return;
-      const parts = pending;
-      pending = [];
-      for (const p of parts) await appendFile(path, p);
-    };
-    return { write: (t) => void pending.push(t), flush, close: flush };
-  }
-  const sink = Bun.file(path).writer({ highWaterMark: 1 << 16 });
-  return {
-    write: (t) => void sink.write(t),
-    flush: async () => void (await sink.flush()),
-    close: async () => void (await sink.end()),
+  if (!append) return impl.openTruncating(path);
+  let pending: (string | Uint8Array)[] = [];
+  const flush = async () => {
+    const parts = pending;
+    pending = [];
+    for (const p of parts) await appendFile(path, p);
   };
+  return { write: (t) => void pending.push(t), flush, close: flush };
 }
 
-/** Full path of an executable on PATH, or undefined. */
-export function which(cmd: string): string | undefined {
-  return Bun.which(cmd) ?? undefined;
-}
-
-export function env(name: string): string | undefined {
-  return process.env[name];
-}
-
-export function args(): string[] {
-  return process.argv.slice(2);
-}
-
-/** Calls `fn` on SIGINT/SIGTERM; returns a function that removes the handler. */
+/** Calls `fn` on SIGINT/SIGTERM; returns a function that removes the handlers. */
 export function onShutdownSignal(fn: (signal: string) => void): () => void {
-  const handler = (sig: string) => fn(sig);
-  process.on("SIGINT", handler);
-  process.on("SIGTERM", handler);
-  return () => {
-    process.off("SIGINT", handler);
-    process.off("SIGTERM", handler);
-  };
-}
-
-export function exit(code: number): never {
-  process.exit(code);
+  const offs = (["SIGINT", "SIGTERM"] as const).map((s) => impl.onSignal(s, () => fn(s)));
+  return () => offs.forEach((off) => off());
 }
 
 /** CPU time (user + system) this process has used, in ms. */
 export function cpuTime(): number {
-  const u = process.cpuUsage();
+  const u = cpuUsage();
   return (u.user + u.system) / 1000;
 }
 
 /** Resident set size of this process in bytes. */
 export function rss(): number {
-  return process.memoryUsage().rss;
+  return memoryUsage().rss;
 }
-
-export const runtimeName = `bun ${Bun.version}`;

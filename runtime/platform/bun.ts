@@ -1,0 +1,39 @@
+import type { Platform } from "./types.ts";
+
+/** Bun: Bun.spawn, Bun.file and its buffered FileSink. */
+export const platform: Platform = {
+  name: `bun ${Bun.version}`,
+  spawn(cmd, args, opts = {}) {
+    const proc = Bun.spawn([cmd, ...args], {
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+      env: opts.env ? { ...process.env, ...opts.env } : undefined,
+    });
+    return {
+      pid: proc.pid,
+      stdout: proc.stdout,
+      stderr: proc.stderr,
+      exited: proc.exited.then(() => proc.exitCode),
+      kill: (signal = "SIGTERM") => proc.kill(signal),
+    };
+  },
+  readText: (path) => Bun.file(path).text(),
+  readBytes: async (path) => new Uint8Array(await Bun.file(path).arrayBuffer()),
+  openTruncating(path) {
+    const sink = Bun.file(path).writer({ highWaterMark: 1 << 16 });
+    return {
+      write: (t) => void sink.write(t),
+      flush: async () => void (await sink.flush()),
+      close: async () => void (await sink.end()),
+    };
+  },
+  which: (cmd) => Bun.which(cmd) ?? undefined,
+  env: (name) => process.env[name],
+  args: () => process.argv.slice(2),
+  onSignal(signal, fn) {
+    process.on(signal, fn);
+    return () => void process.off(signal, fn);
+  },
+  exit: (code) => process.exit(code),
+};
