@@ -17,7 +17,7 @@ import type { Logger } from "./log.ts";
 import type { PipelineSpec } from "./loader.ts";
 import { basename } from "node:path";
 import { resolvePipelineFile } from "./paths.ts";
-import { args as argv, env, exit, onShutdownSignal } from "./platform.ts";
+import { args as argv, env, existsSync, exit, onShutdownSignal } from "./platform.ts";
 import { loadRegistry } from "./registry.ts";
 import { formatSummary, totals } from "./stats.ts";
 
@@ -119,6 +119,26 @@ async function validate(rest: string[]): Promise<number> {
   return 0;
 }
 
+/** Writes docs/operators.md from the operators' schemas; `--check` only compares. */
+async function docs(rest: string[]): Promise<number> {
+  const { operatorsMarkdown } = await import("./schema-doc.ts");
+  const { join } = await import("node:path");
+  const { readFileSync, writeFileSync, mkdirSync } = await import("node:fs");
+  const { projectRoot } = await import("./paths.ts");
+  const file = join(projectRoot, "docs", "operators.md");
+  const text = operatorsMarkdown([...(await loadRegistry()).values()]);
+  if (rest.includes("--check")) {
+    const current = existsSync(file) ? readFileSync(file, "utf8") : "";
+    if (current === text) return 0;
+    console.error("docs/operators.md is out of date: run `bun run docs`");
+    return 1;
+  }
+  mkdirSync(join(projectRoot, "docs"), { recursive: true });
+  writeFileSync(file, text);
+  console.log(`wrote ${file}`);
+  return 0;
+}
+
 async function main(): Promise<number> {
   const [command, ...rest] = argv();
   try {
@@ -127,6 +147,8 @@ async function main(): Promise<number> {
         return await run(rest);
       case "validate":
         return await validate(rest);
+      case "docs":
+        return await docs(rest);
       case "eval": {
         const { runEval } = await import("./eval/cli.ts");
         return await runEval(rest);
