@@ -5,8 +5,13 @@ import { defineOperator } from "../runtime/operator.ts";
 const Options = v.strictObject({
   width: v.optional(v.pipe(v.number(), v.integer(), v.minValue(8), v.maxValue(4096)), 640),
   height: v.optional(v.pipe(v.number(), v.integer(), v.minValue(8), v.maxValue(4096)), 640),
-  /** letterbox keeps the aspect ratio and pads with grey 114; stretch fills the whole input. */
-  mode: v.optional(v.picklist(["letterbox", "stretch"]), "letterbox"),
+  mode: v.optional(
+    v.pipe(
+      v.picklist(["letterbox", "stretch"]),
+      v.description("letterbox keeps the aspect ratio and pads with grey 114; stretch fills the whole input."),
+    ),
+    "letterbox",
+  ),
 });
 
 const PAD = 114 / 255;

@@ -4,14 +4,13 @@ import { defineOperator } from "../runtime/operator.ts";
 import { openWriter } from "../runtime/platform.ts";
 
 const Options = v.strictObject({
-  /** Output file (parent folders are created). */
-  path: v.pipe(v.string(), v.minLength(1)),
-  /** Append to an existing file instead of starting it anew. */
-  append: v.optional(v.boolean(), false),
-  /** Decimals kept in box coordinates and scores. */
-  precision: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(6)), 2),
-  /** Seconds between flushes to disk. */
-  flushInterval: v.optional(v.pipe(v.number(), v.minValue(0.05)), 1),
+  path: v.pipe(v.string(), v.minLength(1), v.description("Output file (parent folders are created).")),
+  append: v.optional(v.pipe(v.boolean(), v.description("Append to an existing file instead of starting it anew.")), false),
+  precision: v.optional(
+    v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(6), v.description("Decimals kept in box coordinates and scores.")),
+    2,
+  ),
+  flushInterval: v.optional(v.pipe(v.number(), v.minValue(0.05), v.description("Seconds between flushes to disk.")), 1),
 });
 
 /** One line per frame (also frames without detections) or event. */

@@ -3,8 +3,7 @@ import { Histogram } from "../runtime/histogram.ts";
 import { defineOperator } from "../runtime/operator.ts";
 
 const Options = v.strictObject({
-  /** Seconds between progress lines. */
-  interval: v.optional(v.pipe(v.number(), v.minValue(0.1)), 1),
+  interval: v.optional(v.pipe(v.number(), v.minValue(0.1), v.description("Seconds between progress lines.")), 1),
 });
 
 /**
@@ -28,7 +27,10 @@ export default defineOperator({
     const report = () => {
       const secs = (performance.now() - since) / 1000;
       if (frames === 0 && total === 0) return;
-      const seen = [...classes].sort((a, b) => b[1] - a[1]).map(([c, n]) => `${c} ${(n / frames).toFixed(1)}`).join(", ");
+      const seen = [...classes]
+        .sort((a, b) => b[1] - a[1])
+        .map(([c, n]) => `${c} ${(n / frames).toFixed(1)}`)
+        .join(", ");
       ctx.log.info(
         `${(frames / secs).toFixed(1)} fps | ${total} frames | latency p50 ${latency.quantile(0.5).toFixed(0)} ms p99 ${latency.quantile(0.99).toFixed(0)} ms | dropped ${gaps}` +
           (seen ? ` | per frame: ${seen}` : ""),

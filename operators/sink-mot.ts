@@ -4,10 +4,17 @@ import { defineOperator } from "../runtime/operator.ts";
 import { openWriter, type FileWriter } from "../runtime/platform.ts";
 
 const Options = v.strictObject({
-  /** Output file; `{stream}` in it is replaced by the stream id (one file per stream, as MOTChallenge wants one per sequence). */
-  path: v.pipe(v.string(), v.minLength(1)),
-  /** Decimals kept in box coordinates and scores. */
-  precision: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(6)), 2),
+  path: v.pipe(
+    v.string(),
+    v.minLength(1),
+    v.description(
+      "Output file; `{stream}` in it is replaced by the stream id (one file per stream, as MOTChallenge wants one per sequence).",
+    ),
+  ),
+  precision: v.optional(
+    v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(6), v.description("Decimals kept in box coordinates and scores.")),
+    2,
+  ),
 });
 
 /**

@@ -8,24 +8,65 @@ const Score = v.pipe(v.number(), v.minValue(0), v.maxValue(1));
 
 const Options = v.pipe(
   v.strictObject({
-    /** bytetrack: two-stage association (high, then low scores); sort: one stage on high scores, cheaper. */
-    method: v.optional(v.picklist(["bytetrack", "sort"]), "bytetrack"),
-    /** Detections at or above this score are "high" (first stage, may start tracks). */
-    trackThresh: v.optional(Score, 0.5),
-    /** Detections below this score are ignored; between it and trackThresh they only continue tracks (bytetrack). */
-    lowThresh: v.optional(Score, 0.1),
-    /** Least score of an unmatched high detection that starts a new track. */
-    newTrackThresh: v.optional(Score, 0.6),
-    /** Largest matching cost, 1 − IoU (× score for bytetrack), of a first-stage match. */
-    matchThresh: v.optional(Score, 0.8),
-    /** Frames a lost track is kept for re-identification before it is dropped. */
-    buffer: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100_000)), 30),
-    /** Consecutive matches before a new track is confirmed and gets an id (tracks on a stream's first frame are confirmed at once). */
-    minHits: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1000)), 2),
-    /** Track only these class names (default: all); other detections pass through untouched. */
-    classes: v.optional(v.pipe(v.array(v.string()), v.minLength(1))),
-    /** Match detections to tracks of another class too (a track then takes its latest detection's class). */
-    agnostic: v.optional(v.boolean(), false),
+    method: v.optional(
+      v.pipe(
+        v.picklist(["bytetrack", "sort"]),
+        v.description("bytetrack: two-stage association (high, then low scores); sort: one stage on high scores, cheaper."),
+      ),
+      "bytetrack",
+    ),
+    trackThresh: v.optional(
+      v.pipe(Score, v.description('Detections at or above this score are "high" (first stage, may start tracks).')),
+      0.5,
+    ),
+    lowThresh: v.optional(
+      v.pipe(
+        Score,
+        v.description("Detections below this score are ignored; between it and trackThresh they only continue tracks (bytetrack)."),
+      ),
+      0.1,
+    ),
+    newTrackThresh: v.optional(v.pipe(Score, v.description("Least score of an unmatched high detection that starts a new track.")), 0.6),
+    matchThresh: v.optional(
+      v.pipe(Score, v.description("Largest matching cost, 1 − IoU (× score for bytetrack), of a first-stage match.")),
+      0.8,
+    ),
+    buffer: v.optional(
+      v.pipe(
+        v.number(),
+        v.integer(),
+        v.minValue(1),
+        v.maxValue(100_000),
+        v.description("Frames a lost track is kept for re-identification before it is dropped."),
+      ),
+      30,
+    ),
+    minHits: v.optional(
+      v.pipe(
+        v.number(),
+        v.integer(),
+        v.minValue(1),
+        v.maxValue(1000),
+        v.description(
+          "Consecutive matches before a new track is confirmed and gets an id (tracks on a stream's first frame are confirmed at once).",
+        ),
+      ),
+      2,
+    ),
+    classes: v.optional(
+      v.pipe(
+        v.array(v.string()),
+        v.minLength(1),
+        v.description("Track only these class names (default: all); other detections pass through untouched."),
+      ),
+    ),
+    agnostic: v.optional(
+      v.pipe(
+        v.boolean(),
+        v.description("Match detections to tracks of another class too (a track then takes its latest detection's class)."),
+      ),
+      false,
+    ),
   }),
   v.check((o) => o.lowThresh <= o.trackThresh, "lowThresh must not exceed trackThresh"),
 );
@@ -109,7 +150,9 @@ function toXyah(b: Float64Array, i: number): Float64Array {
 
 function refreshBox(t: Track): void {
   const m = t.mean;
-  const cx = m[0], cy = m[1], h = m[3];
+  const cx = m[0],
+    cy = m[1],
+    h = m[3];
   const w = m[2] * h;
   t.box[0] = cx - w / 2;
   t.box[1] = cy - h / 2;
@@ -135,7 +178,15 @@ export function createTracker(o: Options) {
    * Optimal matching of tracks `ti` to candidates `di` (indices into detBox/dets);
    * matched pairs are passed to `onMatch`, the leftovers are returned.
    */
-  function associate(tracks: Track[], ti: number[], dets: Detection[], di: number[], fuse: boolean, thresh: number, onMatch: (t: Track, d: number) => void) {
+  function associate(
+    tracks: Track[],
+    ti: number[],
+    dets: Detection[],
+    di: number[],
+    fuse: boolean,
+    thresh: number,
+    onMatch: (t: Track, d: number) => void,
+  ) {
     const rows = ti.length;
     const cols = di.length;
     if (rows === 0 || cols === 0) return { tracks: ti, dets: di };

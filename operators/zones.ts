@@ -16,35 +16,78 @@ const unique = <T extends { id: string }>(items: T[]) => new Set(items.map((i) =
 
 const Options = v.pipe(
   v.strictObject({
-    /**
-     * Directed counting lines in normalised image coordinates (0..1). A track
-     * moving to the right-hand side of from→to (as drawn on the image, y down)
-     * counts `in`, the reverse `out`: a line drawn left to right counts
-     * people walking down the image as `in`.
-     */
-    lines: v.optional(v.pipe(v.array(Line), v.check(unique, "line ids must be unique")), []),
-    /** Polygons in normalised image coordinates (0..1), at least 3 points. */
-    zones: v.optional(v.pipe(v.array(v.strictObject({ id: Id, polygon: v.pipe(v.array(Point), v.minLength(3)) })), v.check(unique, "zone ids must be unique")), []),
-    /** The point of a box that stands for the track: its bottom centre (the feet) or its centre. */
-    anchor: v.optional(v.picklist(["bottom-center", "center"]), "bottom-center"),
-    /** Count only these class names (default: all tracked detections). */
-    classes: v.optional(v.pipe(v.array(v.string()), v.minLength(1))),
-    /** Half-width of the dead band around each line (normalised units): moves inside it change no side. */
-    margin: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(0.5)), 0.01),
-    /** Frames a track must stay on a new side (or in/out of a zone) before it counts: jitter never does. */
-    minFrames: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1000)), 2),
-    /**
-     * Frame rate of file sources: their stream time is then seq/fps, exact at any
-     * processing speed (a file frame's capture time is when it was decoded).
-     * Live frames, and files without it, use capture time.
-     */
-    fps: v.optional(v.pipe(v.number(), v.minValue(0.01), v.maxValue(1000))),
-    /** Seconds of stream time between `counts` events (and log lines). */
-    countsInterval: v.optional(v.pipe(v.number(), v.minValue(0.1)), 10),
-    /** Seconds a track may go unseen before it is forgotten (leaving its zones). */
-    lostAfter: v.optional(v.pipe(v.number(), v.minValue(0.1)), 5),
-    /** JSON file keeping the totals across restarts (written atomically, at most once a second, and at close). */
-    state: v.optional(v.pipe(v.string(), v.minLength(1))),
+    lines: v.optional(
+      v.pipe(
+        v.array(Line),
+        v.check(unique, "line ids must be unique"),
+        v.description(
+          "Directed counting lines in normalised image coordinates (0..1). A track moving to the right-hand side of from→to (as drawn on the image, y down) counts `in`, the reverse `out`: a line drawn left to right counts people walking down the image as `in`.",
+        ),
+      ),
+      [],
+    ),
+    zones: v.optional(
+      v.pipe(
+        v.array(v.strictObject({ id: Id, polygon: v.pipe(v.array(Point), v.minLength(3)) })),
+        v.check(unique, "zone ids must be unique"),
+        v.description("Polygons in normalised image coordinates (0..1), at least 3 points."),
+      ),
+      [],
+    ),
+    anchor: v.optional(
+      v.pipe(
+        v.picklist(["bottom-center", "center"]),
+        v.description("The point of a box that stands for the track: its bottom centre (the feet) or its centre."),
+      ),
+      "bottom-center",
+    ),
+    classes: v.optional(
+      v.pipe(v.array(v.string()), v.minLength(1), v.description("Count only these class names (default: all tracked detections).")),
+    ),
+    margin: v.optional(
+      v.pipe(
+        v.number(),
+        v.minValue(0),
+        v.maxValue(0.5),
+        v.description("Half-width of the dead band around each line (normalised units): moves inside it change no side."),
+      ),
+      0.01,
+    ),
+    minFrames: v.optional(
+      v.pipe(
+        v.number(),
+        v.integer(),
+        v.minValue(1),
+        v.maxValue(1000),
+        v.description("Frames a track must stay on a new side (or in/out of a zone) before it counts: jitter never does."),
+      ),
+      2,
+    ),
+    fps: v.optional(
+      v.pipe(
+        v.number(),
+        v.minValue(0.01),
+        v.maxValue(1000),
+        v.description(
+          "Frame rate of file sources: their stream time is then seq/fps, exact at any processing speed (a file frame's capture time is when it was decoded). Live frames, and files without it, use capture time.",
+        ),
+      ),
+    ),
+    countsInterval: v.optional(
+      v.pipe(v.number(), v.minValue(0.1), v.description("Seconds of stream time between `counts` events (and log lines).")),
+      10,
+    ),
+    lostAfter: v.optional(
+      v.pipe(v.number(), v.minValue(0.1), v.description("Seconds a track may go unseen before it is forgotten (leaving its zones).")),
+      5,
+    ),
+    state: v.optional(
+      v.pipe(
+        v.string(),
+        v.minLength(1),
+        v.description("JSON file keeping the totals across restarts (written atomically, at most once a second, and at close)."),
+      ),
+    ),
   }),
   v.check((o) => o.lines.length + o.zones.length > 0, "give at least one line or zone"),
 );
@@ -90,7 +133,10 @@ function inPolygon(x: number, y: number, poly: Float64Array): boolean {
   let inside = false;
   const n = poly.length / 2;
   for (let i = 0, j = n - 1; i < n; j = i++) {
-    const xi = poly[2 * i], yi = poly[2 * i + 1], xj = poly[2 * j], yj = poly[2 * j + 1];
+    const xi = poly[2 * i],
+      yi = poly[2 * i + 1],
+      xj = poly[2 * j],
+      yj = poly[2 * j + 1];
     if (yi > y !== yj > y && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) inside = !inside;
   }
   return inside;
@@ -132,7 +178,8 @@ async function loadState(path: string, warn: (m: string) => void): Promise<State
 export default defineOperator({
   name: "zones",
   kind: "transform",
-  description: "Line crossings (in/out) and zone enter/exit/dwell/occupancy per track, as events; periodic counts; totals survive restarts.",
+  description:
+    "Line crossings (in/out) and zone enter/exit/dwell/occupancy per track, as events; periodic counts; totals survive restarts.",
   options: Options,
   async create(o, ctx) {
     const L = o.lines.length;
@@ -212,7 +259,8 @@ export default defineOperator({
       const now = o.fps && !f.live ? (f.seq * 1000) / o.fps : f.ts;
       const s = stream(f.stream, now);
       const events: Event[] = [];
-      const emit = (type: string, data: Record<string, unknown>) => events.push({ kind: "event", stream: f.stream, seq: f.seq, ts: f.ts, type, data });
+      const emit = (type: string, data: Record<string, unknown>) =>
+        events.push({ kind: "event", stream: f.stream, seq: f.seq, ts: f.ts, type, data });
       const W = f.image.width;
       const H = f.image.height;
 
@@ -227,7 +275,10 @@ export default defineOperator({
         const y = (o.anchor === "center" ? (y1 + y2) / 2 : y2) / H;
 
         for (let i = 0; i < L; i++) {
-          const fx = geo[i * 5], fy = geo[i * 5 + 1], ux = geo[i * 5 + 2], uy = geo[i * 5 + 3];
+          const fx = geo[i * 5],
+            fy = geo[i * 5 + 1],
+            ux = geo[i * 5 + 2],
+            uy = geo[i * 5 + 3];
           // Signed distance: positive on the right-hand side of from→to (y points down).
           const dist = ux * (y - fy) - uy * (x - fx);
           const side = dist > o.margin ? 1 : dist < -o.margin ? -1 : 0;
@@ -243,7 +294,8 @@ export default defineOperator({
           t.pend[i] = side;
           if (t.pendN[i] < o.minFrames) continue;
           // Committed: count it if the path crossed the segment itself, not its extension.
-          const px = t.last[i * 2], py = t.last[i * 2 + 1];
+          const px = t.last[i * 2],
+            py = t.last[i * 2 + 1];
           const dp = ux * (py - fy) - uy * (px - fx);
           const k = dp / (dp - dist);
           const along = ((px + (x - px) * k - fx) * ux + (py + (y - py) * k - fy) * uy) / geo[i * 5 + 4];
