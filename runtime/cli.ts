@@ -17,7 +17,7 @@ import type { Logger } from "./log.ts";
 import type { PipelineSpec } from "./loader.ts";
 import { basename } from "node:path";
 import { resolvePipelineFile } from "./paths.ts";
-import { args as argv, env, existsSync, exit, onShutdownSignal } from "./platform.ts";
+import { args as argv, env, existsSync, exit, onShutdownSignal, peakRss } from "./platform.ts";
 import { loadRegistry } from "./registry.ts";
 import { formatSummary, totals } from "./stats.ts";
 
@@ -107,7 +107,7 @@ async function run(rest: string[]): Promise<number> {
   off();
   await bus.drain();
   console.log(formatSummary(summary));
-  if (values.json) console.log(JSON.stringify({ ...totals(summary), ...summary }));
+  if (values.json) console.log(JSON.stringify({ ...totals(summary), peakRssMiB: peakRss() / 1048576, ...summary }));
   const t = totals(summary);
   return t.framesIn === 0 && summary.stages.some((s) => s.lastError) ? 1 : 0;
 }

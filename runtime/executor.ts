@@ -210,6 +210,7 @@ export class Executor {
     for (let msg = await inbox.take(); msg; msg = await inbox.take()) {
       st.busy++;
       st.stats.received++;
+      if (msg.kind === "event") st.stats.events++;
       const t0 = performance.now();
       try {
         const out = await inst.process(msg);

@@ -57,7 +57,7 @@ export interface PipelineSpec {
   stages: StageSpec[];
 }
 
-const DEFAULT_INBOX = 4;
+const DEFAULT_INBOX = 2;
 
 /** Output subject of a stage unless `out` says otherwise. */
 export function stageSubject(pipeline: string, stage: string): string {

@@ -7,7 +7,7 @@
 import { existsSync as fsExistsSync } from "node:fs";
 import { appendFile, mkdir, stat } from "node:fs/promises";
 import { dirname } from "node:path";
-import { cpuUsage, memoryUsage } from "node:process";
+import { cpuUsage, memoryUsage, resourceUsage } from "node:process";
 import type { ChildProcess, FileWriter, Platform } from "./platform/types.ts";
 
 export type { ChildProcess, FileWriter };
@@ -78,6 +78,11 @@ export function onShutdownSignal(fn: (signal: string) => void): () => void {
 export function cpuTime(): number {
   const u = cpuUsage();
   return (u.user + u.system) / 1000;
+}
+
+/** Peak resident set size of this process (not its children) in bytes. */
+export function peakRss(): number {
+  return resourceUsage().maxRSS * 1024;
 }
 
 /** Resident set size of this process in bytes. */

@@ -5,6 +5,8 @@ export interface StageSnapshot {
   operator: string;
   kind: "source" | "transform" | "sink";
   received: number;
+  /** Of the received messages, how many were events (not frames). */
+  events: number;
   sent: number;
   dropped: number;
   failed: number;
@@ -28,6 +30,7 @@ export interface PipelineSummary {
 /** Counters and latency of one stage. */
 export class StageStats {
   received = 0;
+  events = 0;
   sent = 0;
   dropped = 0;
   failed = 0;
@@ -47,6 +50,7 @@ export class StageStats {
       operator: this.operator,
       kind: this.kind,
       received: this.received,
+      events: this.events,
       sent: this.sent,
       dropped: this.dropped,
       failed: this.failed,
@@ -63,7 +67,7 @@ export class StageStats {
 export function totals(s: PipelineSummary): { framesIn: number; framesOut: number; dropped: number; failed: number; fps: number } {
   const framesIn = s.stages.filter((x) => x.kind === "source").reduce((a, x) => a + x.sent, 0);
   const sinks = s.stages.filter((x) => x.kind === "sink");
-  const framesOut = sinks.length ? Math.max(...sinks.map((x) => x.received - x.failed)) : 0;
+  const framesOut = sinks.length ? Math.max(...sinks.map((x) => x.received - x.events - x.failed)) : 0;
   const dropped = s.stages.reduce((a, x) => a + x.dropped, 0);
   const failed = s.stages.reduce((a, x) => a + x.failed, 0);
   return { framesIn, framesOut, dropped, failed, fps: s.seconds > 0 ? framesOut / s.seconds : 0 };
