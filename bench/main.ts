@@ -7,6 +7,8 @@ import { benchCore } from "./core.ts";
 
 const sections: Record<string, () => Promise<string>> = {
   core: () => benchCore(),
+  serve: () => import("./serve.ts").then((m) => m.benchServe()),
+  retail: () => import("./retail.ts").then((m) => m.benchRetail()),
 };
 
 const wanted = process.argv.slice(2);

@@ -76,11 +76,15 @@ export default defineOperator({
     const log = ctx.log;
     let child: ChildProcess | undefined;
     let seq = 0;
+    /** For metrics, read at scrape time: frames before the current ffmpeg started, and reconnects so far. */
+    let runStart = 0;
+    let reconnects = 0;
 
     /** Runs one ffmpeg until it exits; returns its exit code, the frames it gave and its last stderr lines. */
     async function runOnce(emit: (f: Frame) => Promise<void>, signal: AbortSignal) {
       const proc = spawn(ffmpeg, args);
       child = proc;
+      runStart = seq;
       const errLines: string[] = [];
       const stderr = (async () => {
         const dec = new TextDecoder();
@@ -136,6 +140,17 @@ export default defineOperator({
     }
 
     return {
+      metrics: () => [
+        { name: "source_frames_total", type: "counter", help: "Frames decoded, by stream.", value: seq, labels: { stream } },
+        { name: "source_reconnects_total", type: "counter", help: "Times a live stream was lost and reconnected.", value: reconnects, labels: { stream } },
+        {
+          name: "source_connected",
+          type: "gauge",
+          help: "1 while the source delivers frames (ffmpeg running and a frame decoded since it started).",
+          value: child !== undefined && seq > runStart ? 1 : 0,
+          labels: { stream },
+        },
+      ],
       async run(emit, signal) {
         let attempt = 0;
         log.info(`reading ${redact(input)} (${live ? "live" : "file"}) with ${ffmpeg}`);
@@ -151,6 +166,7 @@ export default defineOperator({
           if (r.frames > 0) attempt = 0;
           const delay = Math.min(o.reconnectMaxDelay, o.reconnectDelay * 2 ** attempt);
           attempt++;
+          reconnects++;
           const why = r.stalled ? "stalled" : `exit ${r.code}${r.error ? `: ${r.error}` : ""}`;
           log.warn(`stream lost after ${r.frames} frames (${why}); reconnect #${attempt} in ${delay.toFixed(1)} s`);
           await sleep(delay * 1000, signal);

@@ -1,5 +1,6 @@
 import * as v from "valibot";
 import { ConfigError } from "../runtime/errors.ts";
+import { settleDetections } from "../runtime/inference-log.ts";
 import type { Detection, Frame, Letterbox, Predictions } from "../runtime/message.ts";
 import { defineOperator } from "../runtime/operator.ts";
 
@@ -147,6 +148,8 @@ export default defineOperator({
             box: unletterbox(cands.boxes, i, lb, f.image.width, f.image.height),
           }),
         );
+        // The inference log and canary comparison wait for these (a WeakMap look-up otherwise).
+        settleDetections(p, f.detections);
         // The raw output is large (8.5 MB for YOLOv5 at 640) and now consumed.
         f.predictions = undefined;
         return f;

@@ -14,16 +14,19 @@ import { MemoryBus } from "./memory-bus.ts";
 import { NatsBus } from "./nats-bus.ts";
 import type { Bus } from "./bus.ts";
 import type { Logger } from "./log.ts";
-import type { PipelineSpec } from "./loader.ts";
+import type { NatsConfig, PipelineSpec } from "./loader.ts";
 import { basename } from "node:path";
 import { resolvePipelineFile } from "./paths.ts";
 import { args as argv, env, existsSync, exit, onShutdownSignal, peakRss } from "./platform.ts";
 import { loadRegistry } from "./registry.ts";
 import { formatSummary, totals } from "./stats.ts";
+import { httpOptions } from "./http/options.ts";
+import { observe, runStatus } from "./status.ts";
 
 const USAGE = `usage:
-  bun run pipeline FILE [--frames N] [--json] [--nats URL] [--stages a,b | --placement edge|cloud] [--worker-id ID]
+  bun run pipeline FILE [--frames N] [--json] [--nats URL] [--stages a,b] [--placement edge|cloud] [--worker-id ID] [--http-port N]
   bun run validate FILE
+  bun run status [--nats URL] [--wait SECONDS] [--json]
   bun run eval coco --images DIR --labels DIR [--model FILE]`;
 
 async function openPipeline(name: string | undefined) {
@@ -33,32 +36,36 @@ async function openPipeline(name: string | undefined) {
   return loadPipeline(file, await loadRegistry());
 }
 
-async function createBus(url: string, log: Logger, signal: AbortSignal): Promise<Bus> {
+async function createBus(url: string, cfg: NatsConfig | undefined, log: Logger, signal: AbortSignal): Promise<Bus> {
   if (url === "memory") return new MemoryBus();
   if (!/^(nats|tls):\/\//.test(url)) throw new ConfigError(`bus: expected "memory" or a nats:// URL, got "${url}"`);
+  // An object `bus:` in the file wins; the NATS_* variables serve files with a plain URL.
+  const { reconnectBufferMB, ...auth } = cfg ?? {};
   return NatsBus.connect({
     url,
-    creds: env("NATS_CREDS"),
-    tls: env("NATS_CA") || env("NATS_CERT") ? { ca: env("NATS_CA"), cert: env("NATS_CERT"), key: env("NATS_KEY") } : undefined,
+    ...auth,
+    creds: auth.creds ?? env("NATS_CREDS"),
+    tls: auth.tls ?? (env("NATS_CA") || env("NATS_CERT") ? { ca: env("NATS_CA"), cert: env("NATS_CERT"), key: env("NATS_KEY") } : undefined),
+    reconnectBuffer: reconnectBufferMB === undefined ? undefined : reconnectBufferMB * 1024 * 1024,
     name: `framewire ${basename(url)}`,
     log,
     signal,
   });
 }
 
-/** The stage ids this process runs, from --stages or --placement. */
+/**
+ * The stage ids this process runs, from --stages or --placement. With both,
+ * --stages selects and --placement labels this process's workers (prefer-local).
+ */
 function selectStages(spec: PipelineSpec, stages?: string, placement?: string): string[] | undefined {
-  if (stages && placement) throw new ConfigError("--stages and --placement are exclusive");
+  if (placement && !["edge", "cloud"].includes(placement)) throw new ConfigError(`--placement: expected edge or cloud, got "${placement}"`);
   if (stages) {
     const ids = stages.split(",").map((s) => s.trim()).filter(Boolean);
     const unknown = ids.filter((id) => !spec.stages.some((s) => s.id === id));
     if (unknown.length) throw new ConfigError(`--stages: no stage ${unknown.join(", ")} in ${spec.file} (stages: ${spec.stages.map((s) => s.id).join(", ")})`);
     return ids;
   }
-  if (placement) {
-    if (!["edge", "cloud"].includes(placement)) throw new ConfigError(`--placement: expected edge or cloud, got "${placement}"`);
-    return spec.stages.filter((s) => s.placement === placement || s.placement === "any").map((s) => s.id);
-  }
+  if (placement) return spec.stages.filter((s) => s.placement === placement || s.placement === "any").map((s) => s.id);
   return undefined;
 }
 
@@ -73,6 +80,7 @@ async function run(rest: string[]): Promise<number> {
       stages: { type: "string" },
       placement: { type: "string" },
       "worker-id": { type: "string" },
+      "http-port": { type: "string" },
     },
   });
   const frames = values.frames === undefined ? undefined : Number(values.frames);
@@ -82,7 +90,7 @@ async function run(rest: string[]): Promise<number> {
   const stages = selectStages(spec, values.stages, values.placement);
   const connecting = new AbortController();
   const offConnect = onShutdownSignal(() => connecting.abort());
-  const bus = await createBus(values.nats ?? spec.bus, log.child("bus"), connecting.signal);
+  const bus = await createBus(values.nats ?? spec.bus, spec.nats, log.child("bus"), connecting.signal);
   offConnect();
   if (stages && bus.kind === "memory") throw new ConfigError("--stages/--placement need a NATS bus (--nats nats://host:port or bus: in the file)");
   const exec = new Executor(spec, bus, {
@@ -102,8 +110,11 @@ async function run(rest: string[]): Promise<number> {
     log.info(`${sig}: stopping sources and draining (press again to force)`);
     exec.stop(sig);
   });
+  // Health and readiness answer while the models load.
+  const observing = await observe(exec, { http: httpOptions(spec.http, values["http-port"]), log });
   await exec.start();
   const summary = await exec.done;
+  await observing.close();
   off();
   await bus.drain();
   console.log(formatSummary(summary));
@@ -149,6 +160,10 @@ async function main(): Promise<number> {
         return await validate(rest);
       case "docs":
         return await docs(rest);
+      case "status":
+        return await runStatus(rest);
+      case "serve":
+        return await (await import("./serve/cli.ts")).runServe(rest);
       case "eval": {
         const { runEval } = await import("./eval/cli.ts");
         return await runEval(rest);

@@ -3,24 +3,36 @@ import type { StageSpec } from "./loader.ts";
 import type { Logger } from "./log.ts";
 import { isDroppable, type Message } from "./message.ts";
 import type { NatsBus } from "./nats-bus.ts";
+import type { WireOptions } from "./wire.ts";
 
 /**
- * The control plane of a pipeline split across processes, all plain NATS:
+ * The control plane of a pipeline split across processes, all plain NATS
+ * (documented in docs/distributed.md):
  * - `fw.<pipeline>._ctl.load.<stage>`: each worker's load advert (capacity, in flight, latency), every 100 ms;
- * - `fw.<pipeline>._w.<stage>.<worker>`: a worker's own request subject, for load-aware routing;
+ * - `fw.<pipeline>._w.<stage>.<worker>`: a worker's own request subject (least-loaded, prefer-local);
+ * - `fw.<pipeline>._q.<stage>`: the stage's request subject, served by a queue group (queue);
  * - `fw.<pipeline>._ctl.eos`: a worker finished a stage (its input ended and it drained).
  */
 export const loadSubject = (pipeline: string, stage: string) => `fw.${pipeline}._ctl.load.${stage}`;
 export const workerSubject = (pipeline: string, stage: string, worker: string) => `fw.${pipeline}._w.${stage}.${worker}`;
+export const queueSubject = (pipeline: string, stage: string) => `fw.${pipeline}._q.${stage}`;
 export const eosSubject = (pipeline: string) => `fw.${pipeline}._ctl.eos`;
-/** Queue group of a stage's workers (the `queue` route). */
+/** Queue group of a stage's workers (the `queue` route, and inputs published from outside the pipeline). */
 export const queueGroup = (pipeline: string, stage: string) => `fw.${pipeline}.${stage}`;
+
+/**
+ * A worker's answer to a request: processed (and forwarded), evicted from a
+ * full inbox, failed in the operator, not a framewire message, or shutting
+ * down (the sender tries another worker).
+ */
+export type Reply = "done" | "dropped" | "failed" | "rejected" | "closing";
 
 export const Advert = v.object({
   worker: v.string(),
   stage: v.string(),
   placement: v.string(),
-  capacity: v.pipe(v.number(), v.minValue(1)),
+  /** Messages the worker takes at once (inbox + replicas); 0 while it shuts down. */
+  capacity: v.pipe(v.number(), v.minValue(0)),
   inflight: v.pipe(v.number(), v.minValue(0)),
   latencyMs: v.number(),
   cpu: v.number(),
@@ -31,7 +43,9 @@ export type Advert = v.InferOutput<typeof Advert>;
 const Eos = v.object({ stage: v.string(), worker: v.string() });
 
 /** A worker not heard from for this long is considered gone. */
-const WORKER_TTL_MS = 1500;
+export const WORKER_TTL_MS = 1500;
+/** Attempts per message (the first send and retries after a worker vanished or timed out). */
+const MAX_TRIES = 3;
 
 interface Peer {
   advert: Advert;
@@ -39,22 +53,50 @@ interface Peer {
   /** Requests this sender has in flight to the peer. */
   pending: number;
   sent: number;
+  /** A request to it failed: skipped until its next advert (a dead worker sends none and expires). */
+  suspect: boolean;
+}
+
+/** One message on its way, over one or more attempts. */
+interface Flight {
+  msg: Message;
+  payload: Uint8Array;
+  tries: number;
+  /** Worker of the current attempt (undefined on the queue route, where the server picks). */
+  worker?: string;
+  /** Ends the current attempt; false when it had already ended (a late answer is then ignored). */
+  abandon?: () => boolean;
+}
+
+export interface DispatcherOptions {
+  /** How long a worker may take to answer before the message is tried elsewhere. */
+  timeoutMs?: number;
+  /** How the link encodes frames (the producing stage's `link`). */
+  wire?: WireOptions;
 }
 
 /**
- * Sends a stage's input to the worker with the most spare capacity
- * (`least-loaded`), or to workers of the sender's own placement first
- * (`prefer-local`), using request/reply so every frame is either
- * acknowledged, retried on another worker, or counted as dropped.
+ * Sends one stage's output to the workers of a consumer stage in other
+ * processes, by the consumer's route:
+ * - `queue`: requests to the stage's queue group (the server picks a member);
+ * - `least-loaded`: to the worker with the most spare capacity by its adverts;
+ * - `prefer-local`: to workers of the sender's placement while they have
+ *   room, then the least loaded anywhere (e.g. the cloud, over a leaf link).
+ * Every message is a request: the worker answers once it has processed it,
+ * so the sender keeps at most the workers' advertised capacity in flight
+ * (backpressure for file sources), and a message whose worker vanished or
+ * did not answer in time is retried on another worker or counted as dropped.
  * @example
- * const d = new Dispatcher(bus, "retail", detectStage, "edge", log);
- * await d.send(frame);
+ * const d = new Dispatcher(bus, "retail", detectStage, "edge", log, { timeoutMs: 5000 });
+ * await d.send(frame); // resolves once the frame is on its way
  */
 export class Dispatcher {
   private peers = new Map<string, Peer>();
+  private flights = new Set<Flight>();
   private sub;
-  /** Requests not yet answered. */
-  pending = 0;
+  private sweeper: ReturnType<typeof setInterval>;
+  private timeoutMs: number;
+  private subject?: string;
   dropped = 0;
   retried = 0;
 
@@ -64,106 +106,162 @@ export class Dispatcher {
     readonly stage: StageSpec,
     private placement: string,
     private log: Logger,
-    private timeoutMs = 10_000,
+    private opts: DispatcherOptions = {},
   ) {
+    this.timeoutMs = opts.timeoutMs ?? 10_000;
+    if (stage.route === "queue") this.subject = queueSubject(pipeline, stage.id);
     this.sub = bus.subscribeJson(loadSubject(pipeline, stage.id), (value) => {
       const r = v.safeParse(Advert, value);
       if (!r.success) return;
       const now = performance.now();
       const peer = this.peers.get(r.output.worker);
-      if (peer) [peer.advert, peer.seen] = [r.output, now];
+      if (peer) [peer.advert, peer.seen, peer.suspect] = [r.output, now, false];
       else {
-        this.peers.set(r.output.worker, { advert: r.output, seen: now, pending: 0, sent: 0 });
+        this.peers.set(r.output.worker, { advert: r.output, seen: now, pending: 0, sent: 0, suspect: false });
         log.info(`worker ${r.output.worker} (${r.output.placement}) joined stage ${stage.id}`);
       }
     });
+    this.sweeper = setInterval(() => this.sweep(), WORKER_TTL_MS / 4);
   }
 
-  /** Messages sent to each worker so far, by worker id. */
+  /** Requests not yet answered, retried or dropped. */
+  get pending(): number {
+    return this.flights.size;
+  }
+
+  /** Messages sent to each worker so far, by worker id (least-loaded and prefer-local). */
   sentBy(): Record<string, number> {
     return Object.fromEntries([...this.peers].map(([id, p]) => [id, p.sent]));
   }
 
   /**
    * Resolves once the message is on its way (waiting for a free worker when
-   * the message must not be dropped); the reply is handled in the background.
+   * the message must not be dropped); the answer is handled in the background.
+   * @throws PayloadTooLargeError when the encoded message exceeds max_payload.
    */
   async send(msg: Message): Promise<void> {
-    // Encoded once (and size-checked: too large is the sender's error, not a worker's).
-    const payload = this.bus.encode(workerSubject(this.pipeline, this.stage.id, "*"), msg);
-    return this.sendEncoded(msg, payload);
+    // Encoded once and size-checked here: too large is the sender's error, not a worker's.
+    const payload = this.bus.encode(this.subject ?? workerSubject(this.pipeline, this.stage.id, "*"), msg, this.opts.wire);
+    await this.launch({ msg, payload, tries: 0 });
   }
 
-  private async sendEncoded(msg: Message, payload: Uint8Array, exclude?: string): Promise<void> {
-    const deadline = performance.now() + this.timeoutMs;
+  close(): void {
+    clearInterval(this.sweeper);
+    this.sub.unsubscribe();
+  }
+
+  /** Waits for a worker with room (or drops, see below), then sends. */
+  private async launch(f: Flight, exclude?: string): Promise<void> {
+    const droppable = isDroppable(f.msg);
+    let deadline = performance.now() + this.timeoutMs;
     for (;;) {
-      const peer = this.pick(isDroppable(msg), exclude);
-      if (peer) return this.dispatch(peer, msg, payload, exclude === undefined);
-      if (performance.now() > deadline) {
-        this.drop(msg, `no worker of stage ${this.stage.id} for ${this.timeoutMs / 1000} s`);
-        return;
-      }
+      const target = this.pick(droppable, exclude);
+      if (target) return this.dispatch(f, target);
+      // A live frame does not wait for a worker: the next one is fresher.
+      if (droppable && this.live() === 0) return this.drop(f, `no worker of stage ${this.stage.id}`);
+      // An outage is not the workers' fault: wait for the reconnect (the bus logs it).
+      if (!this.bus.stats.connected) deadline = performance.now() + this.timeoutMs;
+      if (performance.now() > deadline) return this.drop(f, `no worker of stage ${this.stage.id} took it for ${this.timeoutMs / 1000} s`);
       await new Promise((r) => setTimeout(r, 5));
     }
   }
 
-  close(): void {
-    this.sub.unsubscribe();
+  /** Live workers, forgetting (and re-sending the messages of) those that went silent. */
+  private live(): number {
+    const now = performance.now();
+    for (const [id, p] of this.peers) {
+      if (now - p.seen <= WORKER_TTL_MS || !this.bus.stats.connected) continue;
+      this.peers.delete(id);
+      this.log.warn(`worker ${id} of stage ${this.stage.id} left (no load advert for ${WORKER_TTL_MS} ms)`);
+      for (const f of this.flights) if (f.worker === id && f.abandon?.()) this.retry(f, id, "its worker left");
+    }
+    return this.peers.size;
   }
 
-  private pick(droppable: boolean, exclude?: string): Peer | undefined {
-    const now = performance.now();
+  private sweep(): void {
+    this.live();
+  }
+
+  /** The worker subject to send to, or undefined when none has room (for a message that must not be dropped). */
+  private pick(droppable: boolean, exclude?: string): { subject: string; peer?: Peer } | undefined {
+    this.live();
+    if (this.subject) {
+      // queue: the server picks the member; the sender keeps the group's total capacity in flight.
+      let capacity = 0;
+      for (const p of this.peers.values()) capacity += p.advert.capacity;
+      if (capacity === 0 || (!droppable && this.flights.size >= capacity)) return undefined;
+      return { subject: this.subject };
+    }
     let best: Peer | undefined;
     let bestScore = -Infinity;
     for (const [id, p] of this.peers) {
-      if (now - p.seen > WORKER_TTL_MS) {
-        this.peers.delete(id);
-        this.log.warn(`worker ${id} of stage ${this.stage.id} left (no load advert for ${WORKER_TTL_MS} ms)`);
-        continue;
-      }
-      if (id === exclude) continue;
+      if (id === exclude || p.suspect || p.advert.capacity === 0) continue;
       const load = Math.max(p.advert.inflight, p.pending);
       const free = p.advert.capacity - load;
       // Live frames go to the best worker even when all are full: its inbox drops the oldest, bounded latency.
       if (free <= 0 && !droppable) continue;
-      // Spare slots first, then the quicker worker; prefer-local adds a large bonus for the sender's own placement.
+      // Spare slots first, then the quicker worker; prefer-local puts the sender's own placement first while it has room.
       let score = free * 1000 - p.advert.latencyMs;
       if (this.stage.route === "prefer-local" && p.advert.placement === this.placement && free > 0) score += 1e9;
       if (score > bestScore) [best, bestScore] = [p, score];
     }
-    return best;
+    return best && { subject: workerSubject(this.pipeline, this.stage.id, best.advert.worker), peer: best };
   }
 
-  private dispatch(peer: Peer, msg: Message, payload: Uint8Array, mayRetry: boolean): void {
-    const id = peer.advert.worker;
-    peer.pending++;
-    peer.sent++;
-    this.pending++;
-    this.bus.request(workerSubject(this.pipeline, this.stage.id, id), payload, this.timeoutMs).then(
+  private dispatch(f: Flight, target: { subject: string; peer?: Peer }): void {
+    const peer = target.peer;
+    const worker = peer?.advert.worker;
+    let open = true;
+    const settle = () => {
+      if (!open) return false;
+      open = false;
+      this.flights.delete(f);
+      if (peer) peer.pending--;
+      return true;
+    };
+    f.tries++;
+    f.worker = worker;
+    f.abandon = settle;
+    this.flights.add(f);
+    if (peer) {
+      peer.pending++;
+      peer.sent++;
+    }
+    this.bus.request(target.subject, f.payload, this.timeoutMs).then(
       (reply) => {
-        peer.pending--;
-        this.pending--;
+        if (!settle()) return;
+        if (reply === "closing") return this.retry(f, worker, `worker ${worker ?? "(queue)"} is shutting down`, false);
         if (reply === "dropped") this.dropped++;
-        else if (reply !== "done") this.log.warn(`worker ${id} answered ${reply} for ${msg.stream}#${msg.seq}`);
+        else if (reply !== "done") this.log.warn(`stage ${this.stage.id}: worker answered ${reply} for ${describe(f.msg)}`);
       },
-      async (err: Error) => {
-        peer.pending--;
-        // The worker is gone or stuck: forget it until it advertises again.
-        this.peers.delete(id);
-        if (mayRetry) {
-          this.retried++;
-          this.log.warn(`worker ${id} did not answer (${err.message}); retrying ${msg.stream}#${msg.seq} elsewhere`);
-          await this.sendEncoded(msg, payload, id);
-        } else this.drop(msg, `worker ${id} did not answer: ${err.message}`);
-        this.pending--;
+      (err: Error) => {
+        if (!settle()) return;
+        // No responders (it vanished or stopped taking work) or no answer in time (stuck): avoid
+        // the worker until it advertises again; if it is dead, expiry re-sends its other messages.
+        if (peer) peer.suspect = true;
+        else this.peers.clear();
+        this.retry(f, worker, err.message);
       },
     );
   }
 
-  private drop(msg: Message, why: string): void {
-    this.dropped++;
-    if (this.dropped <= 5 || this.dropped % 100 === 0) this.log.warn(`dropped ${msg.stream}#${msg.seq} (${this.dropped} so far): ${why}`);
+  /** Sends a message again, elsewhere when possible; drops it after MAX_TRIES. */
+  private retry(f: Flight, worker: string | undefined, why: string, counts = true): void {
+    if (!counts) f.tries--;
+    if (f.tries >= MAX_TRIES) return this.drop(f, `${why}; gave up after ${MAX_TRIES} tries`);
+    this.retried++;
+    this.log.warn(`${describe(f.msg)} to stage ${this.stage.id}: ${why}; retrying${worker ? " on another worker" : ""}`);
+    void this.launch(f, worker);
   }
+
+  private drop(f: Flight, why: string): void {
+    this.dropped++;
+    if (this.dropped <= 5 || this.dropped % 100 === 0) this.log.warn(`dropped ${describe(f.msg)} (${this.dropped} so far): ${why}`);
+  }
+}
+
+function describe(msg: Message): string {
+  return `${msg.kind} ${msg.stream}#${msg.seq}`;
 }
 
 /** Tracks which workers of which stages exist and which have finished. */

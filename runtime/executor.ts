@@ -1,12 +1,12 @@
-import type { Bus } from "./bus.ts";
-import { Dispatcher, EndOfStream, loadSubject, queueGroup, workerSubject } from "./distributed.ts";
+import type { Bus, Subscription } from "./bus.ts";
+import { Dispatcher, EndOfStream, loadSubject, queueGroup, queueSubject, workerSubject, type Reply } from "./distributed.ts";
 import { Inbox } from "./inbox.ts";
 import { stageSubject, type PipelineSpec, type StageSpec } from "./loader.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { MemoryBus } from "./memory-bus.ts";
 import type { Frame, Message } from "./message.ts";
 import type { NatsBus } from "./nats-bus.ts";
-import type { SinkInstance, SourceInstance, StageContext, TransformInstance } from "./operator.ts";
+import type { Observable, SinkInstance, SourceInstance, StageContext, TransformInstance } from "./operator.ts";
 import { StageStats, type PipelineSummary } from "./stats.ts";
 import { subjectMatches } from "./subject.ts";
 import { cpuTime } from "./platform.ts";
@@ -57,6 +57,10 @@ export class Executor {
   private memory: Bus;
   private remote?: NatsBus;
   private dispatchers: Dispatcher[] = [];
+  /** NATS subscriptions feeding local stages; a worker process closes them when it stops, so senders go elsewhere. */
+  private intake: Subscription[] = [];
+  /** Stages that take requests from other processes (advertised with their capacity, the rest with 0). */
+  private accepting = new Set<string>();
   private eos?: EndOfStream;
   private timers: ReturnType<typeof setInterval>[] = [];
   private abort = new AbortController();
@@ -64,6 +68,8 @@ export class Executor {
   private emitted = 0;
   private started = 0;
   private lastRemote = 0;
+  /** Messages from NATS waiting for space in a full inbox. */
+  private arriving = 0;
   private stopReason = "sources finished";
   readonly workerId: string;
   /** Resolves with the summary once the pipeline has drained and closed. */
@@ -122,16 +128,29 @@ export class Executor {
    * Live view of this process's stages for metrics and status pages: the
    * counters and histograms themselves, read at scrape time (no per-frame cost).
    */
-  live(): { id: string; operator: string; kind: string; stats: StageStats; queued: number; busy: number; capacity: number }[] {
+  live(): { id: string; operator: string; kind: string; stats: StageStats; queued: number; busy: number; capacity: number; instance: Observable }[] {
     return this.stages.map((s) => ({
       id: s.spec.id,
       operator: s.spec.def.name,
       kind: s.spec.def.kind,
       stats: s.stats,
+      instance: s.instance,
       queued: s.inbox?.size ?? 0,
       busy: s.busy,
       capacity: s.spec.inboxSize,
     }));
+  }
+
+  /**
+   * Watches the messages on `subject` inside this process (the live page's
+   * preview). The handler runs in the publisher's path: it must only take a
+   * reference, never work or wait.
+   * @example
+   * const sub = exec.tap("fw.demo.nms", (msg) => (latest = msg));
+   * sub.unsubscribe();
+   */
+  tap(subject: string, handler: (msg: Message) => void): Subscription {
+    return this.memory.subscribe(subject, (msg) => void handler(msg));
   }
 
   /** True once every local stage is created and the flow has started. */
@@ -158,21 +177,21 @@ export class Executor {
     const remote = this.remote;
     if (!remote) return (msg) => this.memory.publish(spec.output, msg);
     // An explicit `out` subject may be read by other pipelines: always publish it.
-    const explicitOut = spec.output !== stageSubject(this.spec.name, spec.id);
-    const publish = explicitOut || remoteConsumers.some((c) => c.route === "queue");
-    const directed = remoteConsumers
-      .filter((c) => c.route !== "queue")
-      .map((c) => new Dispatcher(remote, this.spec.name, c, this.opts.placement ?? spec.placement, this.log, this.opts.requestTimeoutMs));
+    // Stages of this pipeline elsewhere get requests by their route, each answered once processed.
+    const publish = spec.output !== stageSubject(this.spec.name, spec.id);
+    const directed = remoteConsumers.map(
+      (c) => new Dispatcher(remote, this.spec.name, c, this.opts.placement ?? spec.placement, this.log, { timeoutMs: this.opts.requestTimeoutMs, wire: spec.link }),
+    );
     this.dispatchers.push(...directed);
     return async (msg) => {
       if (anyLocal) await this.memory.publish(spec.output, msg);
-      if (publish) await remote.publish(spec.output, msg);
+      if (publish) await remote.publish(spec.output, msg, spec.link);
       for (const d of directed) await d.send(msg);
     };
   }
 
   private attach(st: RunningStage): void {
-    const acks = new WeakMap<Message, (reply: string) => void>();
+    const acks = new WeakMap<Message, (reply: Reply) => void>();
     const inbox = new Inbox(st.spec.inboxSize, (msg) => {
       st.stats.dropped++;
       acks.get(msg)?.("dropped");
@@ -180,31 +199,42 @@ export class Executor {
     st.inbox = inbox;
     const push = (msg: Message) => {
       this.lastRemote = performance.now();
-      return inbox.push(msg);
+      const queued = inbox.push(msg);
+      if (!queued) return;
+      // Waiting for space: not in the inbox yet, but not idle either.
+      this.arriving++;
+      return queued.finally(() => this.arriving--);
     };
     let served = false;
     for (const subject of st.spec.inputs) {
       const producers = this.spec.stages.filter((p) => p.def.kind !== "sink" && subjectMatches(subject, p.output));
       if (producers.some((p) => this.local.has(p.id)) || !this.remote) this.memory.subscribe(subject, (msg) => inbox.push(msg));
       if (!this.remote) continue;
-      const external = producers.length === 0;
-      if (producers.some((p) => !this.local.has(p.id)) || external) {
-        if (st.spec.route === "queue" || external) {
-          this.remote.subscribe(subject, push, { queue: queueGroup(this.spec.name, st.spec.id) });
-        } else if (!served) {
-          served = true;
-          // Load-aware routes address this worker directly and wait for its answer.
-          this.remote.serve(workerSubject(this.spec.name, st.spec.id, this.workerId), (msg) => {
-            const answered = new Promise<string>((resolve) => acks.set(msg, resolve));
-            return Promise.resolve(push(msg)).then(() => answered);
-          });
-        }
+      const group = { queue: queueGroup(this.spec.name, st.spec.id) };
+      // Published from outside the pipeline: plain subscribers, one per stage's queue group.
+      if (producers.length === 0) this.intake.push(this.remote.subscribe(subject, push, group));
+      else if (producers.some((p) => !this.local.has(p.id)) && !served) {
+        served = true;
+        // Requests from this pipeline's stages elsewhere, answered once processed (or evicted, or failed).
+        const queue = st.spec.route === "queue";
+        const endpoint = queue ? queueSubject(this.spec.name, st.spec.id) : workerSubject(this.spec.name, st.spec.id, this.workerId);
+        const serve = async (msg: Message): Promise<Reply> => {
+          const answered = new Promise<Reply>((resolve) => acks.set(msg, resolve));
+          try {
+            await push(msg);
+          } catch {
+            return "closing"; // the inbox closed: the sender tries another worker
+          }
+          return answered;
+        };
+        this.intake.push(this.remote.serve(endpoint, serve, queue ? group : {}));
+        this.accepting.add(st.spec.id);
       }
     }
     for (let i = 0; i < st.spec.replicas; i++) void this.work(st, inbox, acks);
   }
 
-  private async work(st: RunningStage, inbox: Inbox, acks: WeakMap<Message, (reply: string) => void>): Promise<void> {
+  private async work(st: RunningStage, inbox: Inbox, acks: WeakMap<Message, (reply: Reply) => void>): Promise<void> {
     const inst = st.instance as TransformInstance | SinkInstance;
     const isSink = st.spec.def.kind === "sink";
     for (let msg = await inbox.take(); msg; msg = await inbox.take()) {
@@ -281,12 +311,12 @@ export class Executor {
           worker: this.workerId,
           stage: st.spec.id,
           placement: this.opts.placement ?? st.spec.placement,
-          capacity: st.spec.inboxSize + st.spec.replicas,
+          capacity: this.accepting.has(st.spec.id) ? st.spec.inboxSize + st.spec.replicas : 0,
           inflight: (st.inbox?.size ?? 0) + st.busy,
           latencyMs: st.stats.latency.count ? st.stats.latency.mean : 0,
           cpu,
           ts: Date.now(),
-        });
+        }, true);
       }
     };
     advertise();
@@ -306,7 +336,8 @@ export class Executor {
   private idle(): boolean {
     return (
       this.stages.every((s) => s.busy === 0 && (!s.inbox || s.inbox.size === 0)) &&
-      this.dispatchers.every((d) => d.pending === 0)
+      this.dispatchers.every((d) => d.pending === 0) &&
+      this.arriving === 0
     );
   }
 
@@ -314,6 +345,11 @@ export class Executor {
     if (this.remote && !this.abort.signal.aborted && !this.stages.some((s) => s.spec.def.kind === "source")) {
       // A pure worker process: wait until stopped (signal or upstream end of stream).
       await new Promise((r) => this.abort.signal.addEventListener("abort", r, { once: true }));
+    }
+    if (this.remote && !this.stages.some((s) => s.spec.def.kind === "source")) {
+      // Take no more work (adverts now say capacity 0); what was accepted drains below.
+      for (const sub of this.intake.splice(0)) sub.unsubscribe();
+      this.accepting.clear();
     }
     const deadline = performance.now() + (this.opts.drainTimeoutMs ?? 30_000);
     // Two idle observations in a row: a publish may be between stages for one tick.

@@ -5,6 +5,8 @@
 const GROWTH = 1.04;
 const MIN_MS = 0.01;
 const BUCKETS = Math.ceil(Math.log(1e6 / MIN_MS) / Math.log(GROWTH)) + 1;
+/** Upper edge of each bucket in ms (bucket i holds values in (edge[i-1], edge[i]]). */
+const EDGES = Float64Array.from({ length: BUCKETS }, (_, i) => MIN_MS * GROWTH ** i);
 
 export class Histogram {
   private counts = new Uint32Array(BUCKETS);
@@ -30,6 +32,24 @@ export class Histogram {
       if (seen >= rank) return Math.min(this.max, MIN_MS * GROWTH ** i);
     }
     return this.max;
+  }
+
+  /**
+   * How many recorded values lie at or below each bound (ms, ascending): the
+   * cumulative buckets of a Prometheus histogram, computed at scrape time. A
+   * log bucket straddling a bound counts above it (within the 4 % bucket width).
+   * @example
+   * h.cumulative([1, 10, 100]); // e.g. [0, 12, 40] with h.count === 41
+   */
+  cumulative(boundsMs: readonly number[]): number[] {
+    const out: number[] = [];
+    let seen = 0;
+    for (let i = 0; i < BUCKETS && out.length < boundsMs.length; i++) {
+      while (out.length < boundsMs.length && EDGES[i] > boundsMs[out.length]) out.push(seen);
+      seen += this.counts[i];
+    }
+    while (out.length < boundsMs.length) out.push(this.count);
+    return out;
   }
 
   get mean(): number {

@@ -1,6 +1,7 @@
 import * as v from "valibot";
 import { isMap, isScalar, LineCounter, parse as parseYamlValue, parseDocument, visit, type Document } from "yaml";
 import { PipelineFileError, type FileIssue } from "./errors.ts";
+import { HttpSchema, type HttpOptions } from "./http/options.ts";
 import { describeIssue, formatPath } from "./issues.ts";
 import type { OperatorDefinition } from "./operator.ts";
 import { readText } from "./platform.ts";
@@ -26,13 +27,37 @@ const StageSchema = v.strictObject({
   route: v.optional(v.picklist(["queue", "least-loaded", "prefer-local"]), "queue"),
   /** Where this stage is meant to run; `--placement` selects by it. */
   placement: v.optional(v.picklist(["edge", "cloud", "any"]), "any"),
+  /** How this stage's frames cross NATS to stages in other processes: raw pixels, or JPEG at `quality`. */
+  link: v.optional(
+    v.strictObject({
+      encoding: v.optional(v.picklist(["raw", "jpeg"]), "raw"),
+      quality: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100)), 85),
+    }),
+  ),
 });
+
+/** `bus:` as an object: a NATS server with credentials, TLS and a reconnect buffer (docs/distributed.md). */
+const NatsBusSchema = v.strictObject({
+  url: v.pipe(v.string(), v.regex(/^(nats|tls):\/\//, "expected a nats:// or tls:// URL (several comma-separated)")),
+  user: v.optional(v.string()),
+  password: v.optional(v.string()),
+  token: v.optional(v.string()),
+  /** A .creds file (JWT and nkey seed). */
+  creds: v.optional(v.string()),
+  /** PEM files: the CA to trust; a client certificate and key for mutual TLS. */
+  tls: v.optional(v.strictObject({ ca: v.optional(v.string()), cert: v.optional(v.string()), key: v.optional(v.string()) })),
+  /** MiB of messages kept while disconnected; past it live frames are dropped and other messages wait. */
+  reconnectBufferMB: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(4096))),
+});
+export type NatsConfig = Omit<v.InferOutput<typeof NatsBusSchema>, "url">;
 
 /** The file's top level; each stage's `with` is checked by its operator's schema. */
 export const PipelineSchema = v.strictObject({
   name: v.pipe(v.string(), v.regex(/^[A-Za-z][\w-]*$/, "expected a name of letters, digits, _ and -")),
-  bus: v.optional(v.string(), "memory"),
+  bus: v.optional(v.union([v.string(), NatsBusSchema]), "memory"),
   stages: v.pipe(v.array(StageSchema), v.minLength(1, "expected at least one stage")),
+  /** This process's HTTP server (health, metrics, status, live page, model control); off unless given. */
+  http: v.optional(HttpSchema),
 });
 
 export interface StageSpec {
@@ -47,14 +72,20 @@ export interface StageSpec {
   replicas: number;
   route: "queue" | "least-loaded" | "prefer-local";
   placement: "edge" | "cloud" | "any";
+  /** Wire encoding of this stage's output on NATS. */
+  link?: { encoding: "raw" | "jpeg"; quality: number };
   line: number;
 }
 
 export interface PipelineSpec {
   name: string;
   file: string;
+  /** "memory" or the NATS URL. */
   bus: string;
+  /** Credentials, TLS and buffering from an object `bus:`. */
+  nats?: NatsConfig;
   stages: StageSpec[];
+  http?: HttpOptions;
 }
 
 const DEFAULT_INBOX = 2;
@@ -139,11 +170,12 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
     }
     const output = subjectOf(s.id);
     if (def.kind !== "sink") upstream = output;
-    return { id: s.id, def, options, inputs, output, inboxSize: s.inbox ?? DEFAULT_INBOX, replicas: s.replicas, route: s.route, placement: s.placement, line: lineOf(doc, lines, ["stages", i]) };
+    return { id: s.id, def, options, inputs, output, inboxSize: s.inbox ?? DEFAULT_INBOX, replicas: s.replicas, route: s.route, placement: s.placement, link: s.link, line: lineOf(doc, lines, ["stages", i]) };
   });
   if (!stages.some((s) => s.def.kind === "source")) reportAt(doc, at, ["stages"], "no source stage: the pipeline would never receive a frame");
   if (issues.length) throw fail();
-  return { name: p.name, file, bus: p.bus, stages };
+  const { url, ...nats } = typeof p.bus === "string" ? { url: p.bus } : p.bus;
+  return { name: p.name, file, bus: url, ...(typeof p.bus === "object" ? { nats } : {}), stages, ...(p.http ? { http: p.http } : {}) };
 }
 
 type At = (offset: number, path: string, message: string) => void;

@@ -2,9 +2,9 @@ import { connect, credsAuthenticator, type NatsConnection, type NodeConnectionOp
 import type { Bus, Handler, SubscribeOptions, Subscription } from "./bus.ts";
 import { ConfigError } from "./errors.ts";
 import type { Logger } from "./log.ts";
-import type { Message } from "./message.ts";
+import { isDroppable, type Message } from "./message.ts";
 import { readBytes, readText } from "./platform.ts";
-import { decodeMessage, encodeMessage, WireFormatError } from "./wire.ts";
+import { decodeMessage, encodeMessage, WireFormatError, type WireOptions } from "./wire.ts";
 
 /** A message larger than the server accepts. */
 export class PayloadTooLargeError extends Error {
@@ -25,9 +25,20 @@ export class PayloadTooLargeError extends Error {
 export interface NatsBusOptions {
   /** nats://[user:pass@|token@]host:port, several separated by commas; tls:// requires TLS. */
   url: string;
+  /** User and password (instead of putting them in the URL). */
+  user?: string;
+  password?: string;
+  token?: string;
   /** A NATS .creds file (JWT + nkey seed). */
   creds?: string;
+  /** PEM files: the CA to trust, and a client certificate and key for mutual TLS. */
   tls?: { ca?: string; cert?: string; key?: string };
+  /**
+   * Bytes of messages kept while disconnected (default 64 MiB), sent on
+   * reconnect. Past it live frames are dropped (counted) and other messages
+   * wait for the reconnect.
+   */
+  reconnectBuffer?: number;
   /** Client name shown by the server's monitoring. */
   name?: string;
   log: Logger;
@@ -40,9 +51,13 @@ export interface NatsBusStats {
   published: number;
   received: number;
   rejected: number;
+  /** Live frames dropped because the reconnect buffer was full. */
+  droppedOffline: number;
   reconnects: number;
   connected: boolean;
 }
+
+const DEFAULT_RECONNECT_BUFFER = 64 * 1024 * 1024;
 
 /**
  * The distributed bus: stages in other processes and machines exchange
@@ -54,11 +69,19 @@ export interface NatsBusStats {
  */
 export class NatsBus implements Bus {
   readonly kind = "nats";
-  readonly stats: NatsBusStats = { published: 0, received: 0, rejected: 0, reconnects: 0, connected: true };
+  readonly stats: NatsBusStats = { published: 0, received: 0, rejected: 0, droppedOffline: 0, reconnects: 0, connected: true };
+  /**
+   * Messages published while disconnected, sent in order on reconnect
+   * (nats.js discards its own buffer when it reconnects), and their bytes.
+   */
+  private backlog: { subject: string; payload: Uint8Array | string }[] = [];
+  private buffered = 0;
+  private reconnected: { promise: Promise<void>; resolve: () => void } | undefined;
 
   private constructor(
     readonly nc: NatsConnection,
     private log: Logger,
+    private bufferLimit: number,
   ) {
     void this.watchStatus();
   }
@@ -71,10 +94,11 @@ export class NatsBus implements Bus {
       try {
         const nc = await connect(opts);
         o.log.info(`connected to NATS ${nc.getServer()} (max_payload ${nc.info?.max_payload} bytes)`);
-        return new NatsBus(nc, o.log);
+        return new NatsBus(nc, o.log, o.reconnectBuffer ?? DEFAULT_RECONNECT_BUFFER);
       } catch (err) {
         const msg = (err as Error).message;
-        if (/authorization|authentication|permission/i.test(msg)) throw new ConfigError(`NATS ${redact(o.url)}: ${msg}`);
+        // Credentials and certificates do not get better by retrying.
+        if (/authorization|authentication|permission|certificate|tls|ssl/i.test(msg)) throw new ConfigError(`NATS ${redact(o.url)}: ${msg}`);
         if (o.signal?.aborted) throw new ConfigError(`NATS ${redact(o.url)} unreachable: ${msg}`);
         o.log.warn(`NATS ${redact(o.url)} unreachable (${msg}); retry #${attempt} in ${(delay / 1000).toFixed(1)} s`);
         await new Promise((r) => setTimeout(r, delay));
@@ -83,18 +107,56 @@ export class NatsBus implements Bus {
     }
   }
 
-  async publish(subject: string, msg: Message): Promise<void> {
-    this.nc.publish(subject, this.encode(subject, msg));
-    this.stats.published++;
+  /** Publishes in wire format; see {@link admit} for what happens while disconnected. */
+  async publish(subject: string, msg: Message, wire?: WireOptions): Promise<void> {
+    const payload = this.encode(subject, msg, wire);
+    if (await this.admit(payload.length, isDroppable(msg))) this.send(subject, payload);
   }
 
-  /** Publishes raw bytes (results as plain JSON for any client). */
+  /**
+   * Publishes raw bytes (results as plain JSON for any client). Synchronous,
+   * so it cannot wait: while disconnected it goes to the reconnect buffer,
+   * and when that is full it is not sent (counted and logged; results that
+   * must survive any outage belong in sink-jetstream).
+   * @throws PayloadTooLargeError when it exceeds the server's max_payload.
+   */
   publishRaw(subject: string, payload: Uint8Array | string): void {
     const bytes = typeof payload === "string" ? new TextEncoder().encode(payload) : payload;
-    const limit = this.nc.info?.max_payload ?? 1024 * 1024;
-    if (bytes.length > limit) throw new PayloadTooLargeError(subject, bytes.length, limit);
-    this.nc.publish(subject, bytes);
+    this.checkSize(subject, bytes.length);
+    if (!this.stats.connected && this.buffered + bytes.length > this.bufferLimit) return this.dropOffline(`a message on ${subject}`);
+    this.send(subject, bytes);
+  }
+
+  /** Publishes now, or keeps the message for the reconnect. */
+  private send(subject: string, payload: Uint8Array | string): void {
     this.stats.published++;
+    if (this.stats.connected) return this.nc.publish(subject, payload);
+    this.backlog.push({ subject, payload });
+    this.buffered += payload.length;
+  }
+
+  private dropOffline(what: string): void {
+    this.stats.droppedOffline++;
+    if (this.stats.droppedOffline <= 5 || this.stats.droppedOffline % 100 === 0) {
+      this.log.warn(`NATS disconnected and the reconnect buffer (${this.bufferLimit} bytes) is full: dropped ${what} (${this.stats.droppedOffline} so far)`);
+    }
+  }
+
+  /**
+   * Whether a message of `size` bytes may go out now. Connected: yes.
+   * Disconnected: yes while the reconnect buffer has room; past it a
+   * droppable message is dropped (false, counted) and any other waits for
+   * the reconnect, so buffering never grows without bound.
+   */
+  async admit(size: number, droppable: boolean): Promise<boolean> {
+    while (!this.stats.connected && !this.nc.isClosed() && this.buffered + size > this.bufferLimit) {
+      if (droppable) {
+        this.dropOffline("a live frame");
+        return false;
+      }
+      await this.reconnected?.promise;
+    }
+    return true;
   }
 
   subscribe(pattern: string, handler: Handler, opts: SubscribeOptions = {}): Subscription {
@@ -106,11 +168,7 @@ export class NatsBus implements Bus {
         try {
           msg = decodeMessage(m.data);
         } catch (e) {
-          this.stats.rejected++;
-          // Rate-limited: a foreign publisher must not flood the log.
-          if (this.stats.rejected <= 5 || this.stats.rejected % 100 === 0) {
-            this.log.warn(`rejected message on ${m.subject} (${this.stats.rejected} so far): ${(e as WireFormatError).message}`);
-          }
+          this.reject(m.subject, e as Error);
           return;
         }
         this.stats.received++;
@@ -122,19 +180,24 @@ export class NatsBus implements Bus {
   }
 
   /**
-   * Sends a message to one worker and resolves with its reply ("done" after
-   * processing, "dropped" when its inbox evicted it).
-   * @throws on timeout or when no worker listens on `subject`.
-   */
-  /**
    * Encodes a message for `subject`.
    * @throws PayloadTooLargeError when it exceeds the server's max_payload.
+   * @example
+   * const payload = bus.encode("fw.demo.prep", frame, { encoding: "jpeg", quality: 80 });
    */
-  encode(subject: string, msg: Message): Uint8Array {
-    const payload = encodeMessage(msg);
-    const limit = this.nc.info?.max_payload ?? 1024 * 1024;
-    if (payload.length > limit) throw new PayloadTooLargeError(subject, payload.length, limit);
+  encode(subject: string, msg: Message, wire?: WireOptions): Uint8Array {
+    const payload = encodeMessage(msg, wire);
+    this.checkSize(subject, payload.length);
     return payload;
+  }
+
+  /** The largest message the server accepts (its max_payload). */
+  get maxPayload(): number {
+    return this.nc.info?.max_payload ?? 1024 * 1024;
+  }
+
+  private checkSize(subject: string, size: number): void {
+    if (size > this.maxPayload) throw new PayloadTooLargeError(subject, size, this.maxPayload);
   }
 
   /**
@@ -143,22 +206,28 @@ export class NatsBus implements Bus {
    * @throws on timeout or when no worker listens on `subject`.
    */
   async request(subject: string, payload: Uint8Array, timeoutMs: number): Promise<string> {
+    // A request waits out an outage: its reply could not reach an old connection anyway.
+    while (!this.stats.connected && !this.nc.isClosed()) await this.reconnected?.promise;
     this.stats.published++;
     const reply = await this.nc.request(subject, payload, { timeout: timeoutMs });
     return reply.string();
   }
 
-  /** Answers requests on `subject`: replies with what `handler` resolves to. */
-  serve(subject: string, handler: (msg: Message) => Promise<string>): Subscription {
+  /**
+   * Answers requests on `subject` (as one member of `queue`, if given):
+   * replies with what `handler` resolves to. Plain publishes (no reply
+   * subject) are handled the same, without an answer.
+   */
+  serve(subject: string, handler: (msg: Message) => Promise<string>, opts: SubscribeOptions = {}): Subscription {
     const sub = this.nc.subscribe(subject, {
+      queue: opts.queue,
       callback: (err, m) => {
         if (err) return this.log.error(`endpoint ${subject}: ${err.message}`);
         let msg: Message;
         try {
           msg = decodeMessage(m.data);
         } catch (e) {
-          this.stats.rejected++;
-          this.log.warn(`rejected request on ${m.subject}: ${(e as Error).message}`);
+          this.reject(m.subject, e as Error);
           m.respond("rejected");
           return;
         }
@@ -172,9 +241,22 @@ export class NatsBus implements Bus {
     return { unsubscribe: () => sub.unsubscribe() };
   }
 
-  /** Control-plane messages (load adverts, end of stream): small JSON. */
-  publishJson(subject: string, value: unknown): void {
-    if (!this.nc.isClosed()) this.nc.publish(subject, JSON.stringify(value));
+  private reject(subject: string, err: Error): void {
+    this.stats.rejected++;
+    // Rate-limited: a foreign publisher must not flood the log.
+    if (this.stats.rejected <= 5 || this.stats.rejected % 100 === 0) {
+      const what = err instanceof WireFormatError ? err.message : `decoding failed: ${err.message}`;
+      this.log.warn(`rejected message on ${subject} (${this.stats.rejected} so far): ${what}`);
+    }
+  }
+
+  /**
+   * Control-plane messages (load adverts, end of stream): small JSON.
+   * `volatile` ones (adverts, stale by the next one) are skipped while disconnected.
+   */
+  publishJson(subject: string, value: unknown, volatile = false): void {
+    if (this.nc.isClosed() || (volatile && !this.stats.connected)) return;
+    this.send(subject, JSON.stringify(value));
   }
 
   subscribeJson(subject: string, handler: (value: unknown, subject: string) => void): Subscription {
@@ -191,23 +273,44 @@ export class NatsBus implements Bus {
     return { unsubscribe: () => sub.unsubscribe() };
   }
 
-  async drain(): Promise<void> {
-    if (!this.nc.isClosed()) await this.nc.drain();
+  /**
+   * Flushes what is buffered and closes. Bounded: a server that stays away
+   * must not keep the process from exiting.
+   */
+  async drain(timeoutMs = 5000): Promise<void> {
+    if (this.nc.isClosed()) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((r) => (timer = setTimeout(() => r("late"), timeoutMs)));
+    const r = await Promise.race([this.nc.drain().catch((e: Error) => e), late]);
+    clearTimeout(timer);
+    if (r === "late" || r instanceof Error) {
+      this.log.warn(`NATS drain ${r === "late" ? `did not finish in ${timeoutMs} ms` : `failed: ${r.message}`}; closing`);
+      await this.close();
+    }
   }
 
   async close(): Promise<void> {
+    if (this.backlog.length) this.log.warn(`closing with ${this.backlog.length} messages published while disconnected, never sent`);
+    this.backlog = [];
     if (!this.nc.isClosed()) await this.nc.close();
+    this.reconnected?.resolve();
   }
 
   private async watchStatus(): Promise<void> {
     for await (const s of this.nc.status()) {
       if (s.type === "disconnect") {
         this.stats.connected = false;
-        this.log.warn(`NATS disconnected from ${s.server}; reconnecting`);
+        let resolve!: () => void;
+        const promise = new Promise<void>((r) => (resolve = r));
+        this.reconnected = { promise, resolve };
+        this.log.warn(`NATS disconnected from ${s.server}; reconnecting (buffering up to ${this.bufferLimit} bytes)`);
       } else if (s.type === "reconnect") {
+        this.log.info(`NATS reconnected to ${s.server}; sending ${this.backlog.length} messages (${this.buffered} bytes) kept meanwhile`);
+        for (const m of this.backlog) this.nc.publish(m.subject, m.payload);
+        [this.backlog, this.buffered] = [[], 0];
         this.stats.connected = true;
         this.stats.reconnects++;
-        this.log.info(`NATS reconnected to ${s.server}`);
+        this.reconnected?.resolve();
       } else if (s.type === "error" || s.type === "slowConsumer") {
         this.log.warn(`NATS ${s.type}: ${"error" in s ? (s as { error: Error }).error?.message : ""}`);
       }
@@ -244,9 +347,9 @@ async function connectionOptions(o: NatsBusOptions): Promise<NodeConnectionOptio
   return {
     servers,
     name: o.name,
-    user,
-    pass,
-    token,
+    user: o.user ?? user,
+    pass: o.password ?? pass,
+    token: o.token ?? token,
     tls,
     ...(o.creds ? { authenticator: credsAuthenticator(await readBytes(o.creds)) } : {}),
     maxReconnectAttempts: -1,

@@ -1,6 +1,8 @@
 import type * as v from "valibot";
 import type { Frame, Message } from "./message.ts";
+import type { Histogram } from "./histogram.ts";
 import type { Logger } from "./log.ts";
+import type { ModelLifecycle } from "./model-lifecycle.ts";
 import type { NatsBus } from "./nats-bus.ts";
 
 /** What every operator instance gets from the runtime. */
@@ -15,21 +17,38 @@ export interface StageContext {
   nats?: NatsBus;
 }
 
+/**
+ * One number an instance reports for `/metrics` (name without the
+ * `framewire_` prefix; the stage and pipeline labels are added), or a latency
+ * histogram in ms. Read at scrape time, so keeping it costs nothing per frame.
+ */
+export type OperatorMetric =
+  | { name: string; help: string; type: "counter" | "gauge"; value: number; labels?: Record<string, string> }
+  | { name: string; help: string; type: "histogram"; histogram: Histogram; labels?: Record<string, string> };
+
+/** Optional views any instance may offer the HTTP server and status; read on request, never per frame. */
+export interface Observable {
+  /** Counters and gauges of its own (reconnects, inference time per model version, ...). */
+  metrics?(): OperatorMetric[];
+  /** The model versions it serves, for status and hot reload / canary control. */
+  models?: ModelLifecycle<unknown>;
+}
+
 /** Produces frames until it ends (file end) or `signal` aborts. */
-export interface SourceInstance {
+export interface SourceInstance extends Observable {
   /** Calls `emit` for each frame; honour its promise (backpressure). */
   run(emit: (frame: Frame) => Promise<void>, signal: AbortSignal): Promise<void>;
   close?(): Promise<void>;
 }
 
 /** Turns one message into zero, one or several. */
-export interface TransformInstance {
+export interface TransformInstance extends Observable {
   process(msg: Message): Message | Message[] | null | Promise<Message | Message[] | null>;
   close?(): Promise<void>;
 }
 
 /** Consumes messages; nothing flows out. */
-export interface SinkInstance {
+export interface SinkInstance extends Observable {
   process(msg: Message): void | Promise<void>;
   close?(): Promise<void>;
 }

@@ -1,5 +1,6 @@
+import { decode as decodeJpeg, encode as encodeJpeg } from "jpeg-js";
 import * as v from "valibot";
-import type { Frame, Message } from "./message.ts";
+import type { Frame, Image, Message } from "./message.ts";
 
 /**
  * framewire wire format v1 (see docs/wire-format.md).
@@ -7,8 +8,9 @@ import type { Frame, Message } from "./message.ts";
  * A frame crossing processes is one NATS message:
  *   "FWM1" (4 bytes) | meta length (uint32, big-endian) | meta (UTF-8 JSON) | blobs
  * `meta.blobs` lists the binary sections that follow, in order, with their
- * byte lengths: `image` (pixels as meta.image.format says) and, when present,
- * `tensor` (float32 little-endian) and `predictions` (float32 little-endian).
+ * byte lengths: `image` (pixels as meta.image.format says, or a JPEG when
+ * meta.image.encoding is "jpeg") and, when present, `tensor` (float32
+ * little-endian) and `predictions` (float32 little-endian).
  * Events and results travel as plain JSON (no magic), readable by any client.
  */
 export const WIRE_VERSION = 1;
@@ -41,6 +43,8 @@ const FrameMeta = v.strictObject({
     width: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(16384)),
     height: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(16384)),
     format: v.picklist(["rgb24", "bgr24", "jpeg"]),
+    /** How the image blob is coded on the wire; absent means as `format` says. */
+    encoding: v.optional(v.literal("jpeg")),
   }),
   tensor: v.optional(v.strictObject({ dims: Dims, dtype: v.literal("float32"), letterbox: Letterbox })),
   predictions: v.optional(
@@ -63,16 +67,30 @@ const EventSchema = v.object({
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
+/** How a link puts frames on the wire (a stage's `link:` in the pipeline file). */
+export interface WireOptions {
+  /** `jpeg` compresses rgb24/bgr24 images (lossy, ~20x smaller); tensors and predictions always travel raw. */
+  encoding?: "raw" | "jpeg";
+  /** JPEG quality 1..100. */
+  quality?: number;
+}
+
+/** Largest image a JPEG blob may decode to (a foreign message must not exhaust memory). */
+const MAX_JPEG_MEGAPIXELS = 64;
+
 /**
  * Serialises a message for NATS: frames as the binary envelope, events as JSON.
  * @example
- * const bytes = encodeMessage(frame);
- * const same = decodeMessage(bytes); // same stream, seq, pixels
+ * const bytes = encodeMessage(frame, { encoding: "jpeg", quality: 85 });
+ * const same = decodeMessage(bytes); // same stream, seq; pixels within JPEG error
  */
-export function encodeMessage(msg: Message): Uint8Array {
+export function encodeMessage(msg: Message, o: WireOptions = {}): Uint8Array {
   if (msg.kind === "event") return enc.encode(JSON.stringify(msg));
   const f: Frame = msg;
-  const blobs: { name: "image" | "tensor" | "predictions"; bytes: Uint8Array }[] = [{ name: "image", bytes: f.image.data }];
+  const jpeg = o.encoding === "jpeg" && f.image.format !== "jpeg";
+  const blobs: { name: "image" | "tensor" | "predictions"; bytes: Uint8Array }[] = [
+    { name: "image", bytes: jpeg ? toJpeg(f.image, o.quality ?? 85) : f.image.data },
+  ];
   if (f.tensor) blobs.push({ name: "tensor", bytes: floatBytes(f.tensor.data) });
   if (f.predictions) blobs.push({ name: "predictions", bytes: floatBytes(f.predictions.data) });
   const meta = enc.encode(
@@ -83,7 +101,7 @@ export function encodeMessage(msg: Message): Uint8Array {
       seq: f.seq,
       ts: f.ts,
       live: f.live,
-      image: { width: f.image.width, height: f.image.height, format: f.image.format },
+      image: { width: f.image.width, height: f.image.height, format: f.image.format, ...(jpeg ? { encoding: "jpeg" } : {}) },
       ...(f.tensor ? { tensor: { dims: f.tensor.dims, dtype: f.tensor.dtype, letterbox: f.tensor.letterbox } } : {}),
       ...(f.predictions ? { predictions: { layout: f.predictions.layout, dims: f.predictions.dims, classNames: f.predictions.classNames, model: f.predictions.model } } : {}),
       ...(f.detections ? { detections: f.detections } : {}),
@@ -131,6 +149,9 @@ function decodeFrame(bytes: Uint8Array): Frame {
   } catch {
     throw new WireFormatError("frame meta is not valid JSON");
   }
+  const version = (json as { v?: unknown } | null)?.v;
+  if (version === undefined) throw new WireFormatError("frame meta has no wire format version (v)");
+  if (version !== WIRE_VERSION) throw new WireFormatError(`frame is wire format v${String(version)}; this framewire reads v${WIRE_VERSION}`);
   const r = v.safeParse(FrameMeta, json);
   if (!r.success) throw new WireFormatError(`frame meta invalid: ${issuePath(r.issues[0])}`);
   const m = r.output;
@@ -142,12 +163,14 @@ function decodeFrame(bytes: Uint8Array): Frame {
     blobs.set(b.name, bytes.subarray(off, off + b.length));
     off += b.length;
   }
-  const image = blobs.get("image");
-  if (!image) throw new WireFormatError("frame has no image blob");
-  if (m.image.format !== "jpeg" && image.length !== m.image.width * m.image.height * 3) {
-    throw new WireFormatError(`image blob is ${image.length} bytes, ${m.image.width}x${m.image.height} ${m.image.format} needs ${m.image.width * m.image.height * 3}`);
+  const blob = blobs.get("image");
+  if (!blob) throw new WireFormatError("frame has no image blob");
+  const { encoding, ...img } = m.image;
+  const image = encoding === "jpeg" && img.format !== "jpeg" ? fromJpeg(blob, img.width, img.height, img.format) : blob;
+  if (img.format !== "jpeg" && image.length !== img.width * img.height * 3) {
+    throw new WireFormatError(`image blob is ${image.length} bytes, ${img.width}x${img.height} ${img.format} needs ${img.width * img.height * 3}`);
   }
-  const frame: Frame = { kind: "frame", stream: m.stream, seq: m.seq, ts: m.ts, live: m.live, image: { ...m.image, data: image }, timings: m.timings };
+  const frame: Frame = { kind: "frame", stream: m.stream, seq: m.seq, ts: m.ts, live: m.live, image: { ...img, data: image }, timings: m.timings };
   if (m.tensor) {
     const data = floats(blobs.get("tensor"), m.tensor.dims, "tensor");
     frame.tensor = { dims: m.tensor.dims, dtype: "float32", data, letterbox: m.tensor.letterbox };
@@ -157,6 +180,37 @@ function decodeFrame(bytes: Uint8Array): Frame {
   }
   if (m.detections) frame.detections = m.detections;
   return frame;
+}
+
+/** rgb24/bgr24 pixels as a baseline JPEG (jpeg-js wants RGBA in RGB order). */
+function toJpeg(img: Image, quality: number): Uint8Array {
+  const n = img.width * img.height;
+  const rgba = new Uint8Array(n * 4);
+  const [r, b] = img.format === "bgr24" ? [2, 0] : [0, 2];
+  for (let i = 0, j = 0; i < n * 3; i += 3, j += 4) {
+    rgba[j] = img.data[i + r];
+    rgba[j + 1] = img.data[i + 1];
+    rgba[j + 2] = img.data[i + b];
+    rgba[j + 3] = 255;
+  }
+  const out = encodeJpeg({ width: img.width, height: img.height, data: rgba }, quality).data;
+  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+}
+
+/** A JPEG blob back to the pixel format the sender had. */
+function fromJpeg(blob: Uint8Array, width: number, height: number, format: "rgb24" | "bgr24"): Uint8Array {
+  let img;
+  try {
+    img = decodeJpeg(blob, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: MAX_JPEG_MEGAPIXELS });
+  } catch (e) {
+    throw new WireFormatError(`image blob is not a decodable JPEG: ${(e as Error).message}`);
+  }
+  if (img.width !== width || img.height !== height) throw new WireFormatError(`JPEG is ${img.width}x${img.height}, meta says ${width}x${height}`);
+  const px = img.data;
+  if (format === "bgr24") {
+    for (let i = 0; i < px.length; i += 3) [px[i], px[i + 2]] = [px[i + 2], px[i]];
+  }
+  return px;
 }
 
 function floatBytes(a: Float32Array): Uint8Array {

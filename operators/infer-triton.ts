@@ -1,0 +1,261 @@
+import * as v from "valibot";
+import { ConfigError } from "../runtime/errors.ts";
+import {
+  decodeInferResponse,
+  encodeInferRequest,
+  ErrorBody,
+  HEADER_LENGTH,
+  parseModelMetadata,
+  type ModelMetadata,
+  type TensorMetadata,
+  type WireDatatype,
+} from "../runtime/kserve.ts";
+import type { Logger } from "../runtime/log.ts";
+import type { Frame, Predictions } from "../runtime/message.ts";
+import { defineOperator } from "../runtime/operator.ts";
+import { detectLayout } from "./infer-onnx.ts";
+
+const seconds = (dflt: number, min: number, text: string) => v.optional(v.pipe(v.number(), v.minValue(min), v.maxValue(3600), v.description(text)), dflt);
+
+const Options = v.strictObject({
+  url: v.pipe(
+    v.string(),
+    v.regex(/^https?:\/\/[^/\s]+\/?$/, "expected a server address like http://host:8000"),
+    v.description("Server address: Triton's HTTP endpoint (port 8000 by default) or a `framewire serve`."),
+  ),
+  model: v.pipe(v.string(), v.minLength(1), v.description("Model name on the server.")),
+  version: v.optional(v.pipe(v.string(), v.regex(/^\d+$/), v.description("Model version; default: the server's choice."))),
+  input: v.optional(v.pipe(v.string(), v.description("Input tensor name; default: the model's only input."))),
+  output: v.optional(v.pipe(v.string(), v.description("Output tensor name; default: the model's first output."))),
+  binary: v.optional(v.pipe(v.boolean(), v.description("Send and receive tensors with the binary tensor data extension (false: JSON, ~10× larger).")), true),
+  timeout: seconds(10, 0.01, "Seconds one inference request may take before it is retried."),
+  retries: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10), v.description("Retries of a failed request (unreachable, timeout, 502/503/504/429).")), 2),
+  retryDelay: seconds(0.1, 0.001, "Seconds before the first retry; doubled for each next one, with jitter."),
+  retryMaxDelay: seconds(2, 0.001, "Longest wait between retries, in seconds."),
+  startTimeout: seconds(30, 0, "Seconds to wait at start for the model to be ready before the stage fails."),
+  names: v.optional(v.pipe(v.array(v.string()), v.description("Class names; default: from a framewire server's metadata (Triton has none to give)."))),
+  layout: v.optional(v.pipe(v.picklist(["auto", "yolov5", "yolov8"]), v.description("Output layout; auto tells YOLOv5 from YOLOv8 by shape.")), "auto"),
+});
+type Options = v.InferOutput<typeof Options>;
+
+/** The server could not be reached or kept failing with a retryable status. */
+export class TritonUnavailableError extends Error {
+  override name = "TritonUnavailableError";
+}
+
+/** The server answered with an error that a retry would not fix (4xx, 500). */
+export class TritonRequestError extends Error {
+  override name = "TritonRequestError";
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Statuses worth retrying: overloaded, restarting or behind a proxy that lost it. */
+const RETRYABLE = new Set([429, 502, 503, 504]);
+
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+  });
+
+/**
+ * KServe v2 HTTP calls with a per-attempt timeout and retries with
+ * exponential backoff. fetch keeps connections alive and reuses them.
+ */
+class KServeClient {
+  private closed = new AbortController();
+  /** Retries made so far (for logs and metrics). */
+  retries = 0;
+
+  constructor(
+    private base: string,
+    private o: Options,
+    private log: Logger,
+  ) {}
+
+  /** Path of the model (and version) under /v2/models. */
+  modelPath(): string {
+    return `/v2/models/${encodeURIComponent(this.o.model)}${this.o.version ? `/versions/${this.o.version}` : ""}`;
+  }
+
+  /**
+   * One call, retried while the failure is transient.
+   * @throws TritonUnavailableError after the last retry, TritonRequestError at once for other HTTP errors.
+   */
+  async call(path: string, init: RequestInit, what: string): Promise<Response> {
+    for (let attempt = 0; ; attempt++) {
+      let failure: string;
+      try {
+        const signal = AbortSignal.any([AbortSignal.timeout(this.o.timeout * 1000), this.closed.signal]);
+        const res = await fetch(this.base + path, { ...init, signal });
+        if (res.ok) return res;
+        const message = await errorText(res);
+        if (!RETRYABLE.has(res.status)) throw new TritonRequestError(res.status, `${what}: HTTP ${res.status}: ${message}`);
+        failure = `HTTP ${res.status}: ${message}`;
+      } catch (err) {
+        if (err instanceof TritonRequestError) throw err;
+        if (this.closed.signal.aborted) throw new TritonUnavailableError(`${what}: the stage is closing`);
+        // fetch's connection errors carry a code (ECONNREFUSED, ECONNRESET) that says it all.
+        const code = (err as { code?: unknown }).code;
+        failure = (err as Error).name === "TimeoutError" ? `no answer within ${this.o.timeout} s` : typeof code === "string" ? code : (err as Error).message;
+      }
+      if (attempt >= this.o.retries) {
+        throw new TritonUnavailableError(`${what}: ${this.base} failed after ${attempt + 1} attempt(s): ${failure}`);
+      }
+      this.retries++;
+      const delay = Math.min(this.o.retryMaxDelay, this.o.retryDelay * 2 ** attempt) * 1000 * (0.5 + Math.random() / 2);
+      this.log.debug(`${what}: ${failure}; retry ${attempt + 1}/${this.o.retries} in ${delay.toFixed(0)} ms`);
+      await sleep(delay, this.closed.signal);
+    }
+  }
+
+  /** Polls the model's ready endpoint until it answers 200 or `startTimeout` passes. */
+  async waitReady(): Promise<void> {
+    const deadline = performance.now() + this.o.startTimeout * 1000;
+    let delay = this.o.retryDelay * 1000;
+    for (;;) {
+      let why: string;
+      try {
+        const res = await fetch(`${this.base}${this.modelPath()}/ready`, { signal: AbortSignal.timeout(this.o.timeout * 1000) });
+        if (res.ok) return;
+        why = `HTTP ${res.status}: ${await errorText(res)}`;
+        // A server that says the model does not exist will not grow it by waiting.
+        if (res.status === 404) throw new ConfigError(`model ${this.o.model} is not on ${this.base} (${why})`);
+      } catch (err) {
+        if (err instanceof ConfigError) throw err;
+        why = (err as Error).message;
+      }
+      if (performance.now() + delay > deadline) {
+        throw new TritonUnavailableError(`model ${this.o.model} on ${this.base} is not ready after ${this.o.startTimeout} s (${why})`);
+      }
+      await sleep(delay, this.closed.signal);
+      delay = Math.min(delay * 2, this.o.retryMaxDelay * 1000);
+    }
+  }
+
+  async metadata(): Promise<ModelMetadata> {
+    const res = await this.call(this.modelPath(), {}, `model ${this.o.model} metadata`);
+    return parseModelMetadata(await res.json());
+  }
+
+  close(): void {
+    this.closed.abort();
+  }
+}
+
+/** The error message of a KServe error body, or the start of whatever else came back. */
+async function errorText(res: Response): Promise<string> {
+  const text = await res.text().catch(() => "");
+  try {
+    const r = v.safeParse(ErrorBody, JSON.parse(text));
+    if (r.success) return r.output.error;
+  } catch {
+    // Not JSON: a proxy page or plain text.
+  }
+  return text.slice(0, 200) || res.statusText;
+}
+
+/** The tensor called `name`, or the only/first one; checked to be a float tensor. */
+function pickTensor(list: TensorMetadata[], name: string | undefined, kind: "input" | "output", model: string, only: boolean): TensorMetadata & { datatype: WireDatatype } {
+  const names = list.map((t) => `"${t.name}"`).join(", ");
+  let t: TensorMetadata | undefined;
+  if (name) t = list.find((x) => x.name === name);
+  else if (!only || list.length === 1) t = list[0];
+  if (!t) {
+    throw new ConfigError(
+      name ? `model ${model} has no ${kind} "${name}" (it has ${names || "none"})` : `model ${model} has ${list.length} ${kind}s (${names}): set \`${kind}\` to pick one`,
+    );
+  }
+  if (t.datatype !== "FP32" && t.datatype !== "FP16") throw new ConfigError(`model ${model}: ${kind} ${t.name} is ${t.datatype}; infer-triton handles FP32 and FP16 tensors`);
+  return t as TensorMetadata & { datatype: WireDatatype };
+}
+
+/** Class names a framewire server puts in its metadata parameters. */
+function metadataNames(meta: ModelMetadata): string[] | undefined {
+  const raw = meta.parameters?.class_names;
+  if (typeof raw !== "string") return undefined;
+  try {
+    const r = v.safeParse(v.array(v.string()), JSON.parse(raw));
+    return r.success ? r.output : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Runs a YOLO detector on an inference server over the KServe v2 HTTP
+ * protocol (NVIDIA Triton, `framewire serve`, KServe runtimes), attaching
+ * raw predictions for `nms` exactly as infer-onnx does.
+ */
+export default defineOperator({
+  name: "infer-triton",
+  kind: "transform",
+  description: "Run a YOLO detector on Triton or `framewire serve` over KServe v2 HTTP (binary tensors, retries with backoff, readiness and metadata checks).",
+  options: Options,
+  async create(o, ctx) {
+    const base = o.url.replace(/\/$/, "");
+    const client = new KServeClient(base, o, ctx.log);
+    await client.waitReady();
+    const meta = await client.metadata();
+    const input = pickTensor(meta.inputs, o.input, "input", o.model, true);
+    const output = pickTensor(meta.outputs, o.output, "output", o.model, false);
+    // Rank 4 is N×C×H×W (Triton writes a dynamic batch as -1); rank 3 is a model without a batch axis (max_batch_size 0).
+    if ((input.shape.length !== 4 && input.shape.length !== 3) || ![3, -1].includes(input.shape.at(-3)!)) {
+      throw new ConfigError(`model ${o.model}: input ${input.name} has shape [${input.shape}]; infer-triton feeds 3-channel images (N×3×H×W or 3×H×W)`);
+    }
+    if (output.shape.length !== 3 && output.shape.length !== 2) {
+      throw new ConfigError(`model ${o.model}: output ${output.name} has shape [${output.shape}]; expected a YOLO output (N×anchors×values or N×values×anchors)`);
+    }
+    const classNames = o.names ?? metadataNames(meta) ?? [];
+    if (!classNames.length) ctx.log.warn(`model ${o.model} names no classes: detections will carry class ids; set \`names\``);
+    ctx.log.info(
+      `${o.model} ready on ${base} (${meta.platform ?? "unknown platform"}): input ${input.name} [${input.shape}] ${input.datatype}, ` +
+        `output ${output.name} [${output.shape}] ${output.datatype}, ${o.binary ? "binary" : "JSON"} tensors, ${classNames.length} classes`,
+    );
+    const unbatched = input.shape.length === 3;
+    let checked = false;
+    let layout: Predictions["layout"] | undefined;
+    let failing = false;
+    const inferPath = `${client.modelPath()}/infer`;
+    return {
+      async process(msg) {
+        if (msg.kind !== "frame") return msg;
+        const f: Frame = msg;
+        if (!f.tensor) throw new Error("frame has no tensor: put a resize stage before infer-triton");
+        const shape = unbatched ? f.tensor.dims.slice(1) : f.tensor.dims;
+        if (!checked) {
+          const bad = shape.length !== input.shape.length || input.shape.some((d, i) => d > 0 && d !== shape[i]);
+          if (bad) throw new ConfigError(`model ${o.model} expects input [${input.shape}] but gets [${shape}]: set the resize stage's width/height to match`);
+          checked = true;
+        }
+        const req = encodeInferRequest([{ name: input.name, datatype: input.datatype, shape, data: f.tensor.data }], [output.name], o.binary);
+        let res: Response;
+        try {
+          res = await client.call(inferPath, { method: "POST", body: req.body, headers: req.headers }, `infer ${o.model}`);
+        } catch (err) {
+          if (!failing) ctx.log.warn(`${(err as Error).message}; frames fail until it answers again`);
+          failing = true;
+          throw err;
+        }
+        if (failing) ctx.log.info(`${base} answers again`);
+        failing = false;
+        const outs = decodeInferResponse(new Uint8Array(await res.arrayBuffer()), res.headers.get(HEADER_LENGTH));
+        const out = outs.find((t) => t.name === output.name);
+        if (!out) throw new TritonRequestError(200, `the response has no output ${output.name} (got ${outs.map((t) => t.name).join(", ") || "none"})`);
+        const dims = out.shape.length === 2 ? [1, ...out.shape] : out.shape;
+        layout ??= detectLayout(dims, o.layout);
+        f.predictions = { layout, dims, data: out.data, classNames, model: o.model };
+        return f;
+      },
+      metrics: () => [{ name: "infer_triton_retries_total", help: "Inference requests retried after a transient failure.", type: "counter" as const, value: client.retries }],
+      async close() {
+        client.close();
+      },
+    };
+  },
+});

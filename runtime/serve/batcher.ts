@@ -1,0 +1,186 @@
+/**
+ * Request scheduling in front of a model's instances, with Triton's
+ * dynamic-batching knobs: requests queue; a free instance takes the largest
+ * preferred batch size the queue can form right away, or a full batch, or
+ * whatever is queued once the oldest request has waited `maxQueueDelayMs`.
+ * A model with a fixed batch size runs one request per instance call.
+ */
+
+/** The queue is full: the caller should answer 503 and the client retry later. */
+export class OverloadedError extends Error {
+  override name = "OverloadedError";
+}
+
+/** Work submitted after `close()`. */
+export class ShuttingDownError extends Error {
+  override name = "ShuttingDownError";
+}
+
+/** Runs one model instance on `batch` items laid out back to back; output dim 0 is the batch. */
+export type Runner = (input: Float32Array, batch: number) => Promise<{ data: Float32Array; dims: number[] }>;
+
+export interface BatcherOptions {
+  /** Floats per batch item (product of the input's non-batch dims). */
+  itemSize: number;
+  /** True when the model takes any batch size up to maxBatch; false runs requests one at a time. */
+  dynamic: boolean;
+  maxBatch: number;
+  /** Batch sizes to dispatch as soon as the queue can form one (largest first). */
+  preferred: number[];
+  maxQueueDelayMs: number;
+  /** Most batch items waiting before new requests are refused. */
+  maxQueue: number;
+}
+
+export interface BatchResult {
+  data: Float32Array;
+  dims: number[];
+  /** Time from submit until an instance took the request. */
+  queueMs: number;
+  /** Time the instance spent on the whole batch. */
+  inferMs: number;
+  /** Items in the batch this request ran in. */
+  batchSize: number;
+}
+
+interface Job {
+  data: Float32Array;
+  batch: number;
+  enqueued: number;
+  resolve(r: BatchResult): void;
+  reject(e: unknown): void;
+}
+
+/**
+ * @example
+ * const b = new Batcher([runA, runB], { itemSize: 3 * 640 * 640, dynamic: true, maxBatch: 32, preferred: [4, 8, 16], maxQueueDelayMs: 0.5, maxQueue: 64 });
+ * const { data, dims } = await b.submit(tensor, 1);
+ */
+export class Batcher {
+  private queue: Job[] = [];
+  private free: Runner[];
+  private timer?: ReturnType<typeof setTimeout>;
+  private closing?: { resolve(): void; done: Promise<void> };
+  private preferred: number[];
+  /** Items waiting in the queue. */
+  queued = 0;
+  /** Called after every batch (the metrics hook). */
+  onBatch: (size: number, inferMs: number) => void = () => {};
+
+  constructor(
+    private runners: Runner[],
+    private o: BatcherOptions,
+  ) {
+    if (!runners.length) throw new Error("a batcher needs at least one instance");
+    this.free = [...runners];
+    this.preferred = [...new Set(o.preferred)].filter((p) => p <= o.maxBatch).sort((a, b) => b - a);
+  }
+
+  /** Instances running a batch now. */
+  get busy(): number {
+    return this.runners.length - this.free.length;
+  }
+
+  /**
+   * Queues `batch` items (`data` holds batch × itemSize floats) and resolves with their slice of the output.
+   * @throws OverloadedError when the queue is full, ShuttingDownError after close().
+   */
+  submit(data: Float32Array, batch: number): Promise<BatchResult> {
+    if (this.closing) return Promise.reject(new ShuttingDownError("the server is shutting down"));
+    if (data.length !== batch * this.o.itemSize) return Promise.reject(new Error(`expected ${batch * this.o.itemSize} floats for batch ${batch}, got ${data.length}`));
+    if (this.queued + batch > this.o.maxQueue) {
+      return Promise.reject(new OverloadedError(`queue full (${this.queued} waiting, limit ${this.o.maxQueue}); retry later`));
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ data, batch, enqueued: performance.now(), resolve, reject });
+      this.queued += batch;
+      this.pump();
+    });
+  }
+
+  /** Refuses new work and resolves once everything queued has run. */
+  close(): Promise<void> {
+    if (!this.closing) {
+      let resolve!: () => void;
+      const done = new Promise<void>((r) => (resolve = r));
+      this.closing = { resolve, done };
+      // Requests waiting for a fuller batch go now.
+      this.pump();
+      this.settleIfIdle();
+    }
+    return this.closing.done;
+  }
+
+  private pump(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    while (this.free.length && this.queue.length) {
+      const take = this.pick();
+      if (take === 0) {
+        const wait = this.queue[0].enqueued + this.o.maxQueueDelayMs - performance.now();
+        this.timer = setTimeout(() => this.pump(), Math.max(0, wait));
+        return;
+      }
+      const jobs = this.queue.splice(0, take);
+      for (const j of jobs) this.queued -= j.batch;
+      void this.run(this.free.pop()!, jobs);
+    }
+  }
+
+  /** How many queued jobs to dispatch now; 0 means wait for more. */
+  private pick(): number {
+    if (!this.o.dynamic) return 1;
+    const sums: number[] = [];
+    let total = 0;
+    for (const j of this.queue) {
+      if (total + j.batch > this.o.maxBatch) break;
+      total += j.batch;
+      sums.push(total);
+    }
+    // Full, or the next request would not fit: waiting cannot make this batch bigger.
+    if (total === this.o.maxBatch || sums.length < this.queue.length) return sums.length;
+    for (const p of this.preferred) {
+      const i = sums.indexOf(p);
+      if (i >= 0) return i + 1;
+    }
+    const waited = performance.now() - this.queue[0].enqueued;
+    return waited >= this.o.maxQueueDelayMs || this.closing ? sums.length : 0;
+  }
+
+  private async run(runner: Runner, jobs: Job[]): Promise<void> {
+    const start = performance.now();
+    const batch = jobs.reduce((a, j) => a + j.batch, 0);
+    let input = jobs[0].data;
+    if (jobs.length > 1) {
+      input = new Float32Array(batch * this.o.itemSize);
+      let off = 0;
+      for (const j of jobs) {
+        input.set(j.data, off);
+        off += j.data.length;
+      }
+    }
+    try {
+      const out = await runner(input, batch);
+      const inferMs = performance.now() - start;
+      this.onBatch(batch, inferMs);
+      if (out.dims[0] !== batch) throw new Error(`model returned batch ${out.dims[0]} for a batch of ${batch}`);
+      const per = out.data.length / batch;
+      let at = 0;
+      for (const j of jobs) {
+        const data = jobs.length === 1 ? out.data : out.data.subarray(at * per, (at + j.batch) * per);
+        at += j.batch;
+        j.resolve({ data, dims: [j.batch, ...out.dims.slice(1)], queueMs: start - j.enqueued, inferMs, batchSize: batch });
+      }
+    } catch (err) {
+      for (const j of jobs) j.reject(err);
+    } finally {
+      this.free.push(runner);
+      this.pump();
+      this.settleIfIdle();
+    }
+  }
+
+  private settleIfIdle(): void {
+    if (this.closing && !this.queue.length && this.busy === 0) this.closing.resolve();
+  }
+}

@@ -1,0 +1,286 @@
+// framewire live page: polls /api/status once a second and reads the preview
+// feed from /api/live (records: u32 header length, JSON header, u32 JPEG
+// length, JPEG; see runtime/http/live.ts). With a protected server, open the
+// page as /#token=<token>.
+
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const auth = token ? { Authorization: `Bearer ${token}` } : {};
+const $ = (id) => document.getElementById(id);
+let overlays = { lines: [], zones: [] };
+let framesShown = 0;
+
+// ---- status ---------------------------------------------------------------
+
+async function poll() {
+  try {
+    const res = await fetch("/api/status", { headers: auth });
+    if (res.status === 401 || res.status === 403) throw new Error("this server needs a token: open the page as /#token=…");
+    renderStatus(await res.json());
+  } catch (err) {
+    setReady(false, err.message);
+  }
+  setTimeout(poll, 1000);
+}
+
+function setReady(ready, text) {
+  const pill = $("ready");
+  pill.dataset.ready = String(ready);
+  pill.textContent = text;
+}
+
+const pct = (x) => `${Math.round(x * 100)} %`;
+const num = (x, d = 1) => (x === undefined || x === null ? "–" : Number(x).toFixed(d));
+
+function renderStatus(s) {
+  overlays = s.overlays ?? overlays;
+  $("pipeline").textContent = s.pipeline;
+  document.title = `${s.pipeline} · framewire live`;
+  setReady(s.ready, s.ready ? "ready" : s.waiting[0] ?? s.state);
+  $("bus").textContent = s.bus.kind === "nats" ? `NATS ${s.bus.connected ? "connected" : "disconnected"}` : s.bus.kind;
+  $("cpu").textContent = `${pct(s.load.hostCpu)} host · ${pct(s.load.processCpu)} here`;
+  $("gpu").textContent = s.load.gpus ? s.load.gpus.map((g) => pct(g.utilisation)).join(" / ") : "none";
+  $("worker").textContent = `${s.worker} @ ${s.host}`;
+  $("uptime").textContent = duration(s.uptimeS);
+  renderStages(s.stages);
+  renderModels(s.models);
+}
+
+function duration(sec) {
+  const h = Math.floor(sec / 3600), m = Math.floor((sec % 3600) / 60), x = Math.floor(sec % 60);
+  return h ? `${h}h ${m}m` : m ? `${m}m ${x}s` : `${x}s`;
+}
+
+function cell(tr, text, cls) {
+  const td = tr.insertCell();
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function renderStages(stages) {
+  const body = $("stages").tBodies[0];
+  body.replaceChildren();
+  for (const st of stages) {
+    const tr = body.insertRow();
+    const name = cell(tr, st.id);
+    const op = document.createElement("span");
+    op.className = "op";
+    op.textContent = st.replicas > 1 ? `${st.operator} ×${st.replicas}` : st.operator;
+    name.append(op);
+    cell(tr, num(st.fps));
+    cell(tr, st.kind === "source" ? "–" : String(st.received));
+    cell(tr, st.kind === "sink" ? "–" : String(st.sent));
+    cell(tr, String(st.dropped), st.dropped ? "bad" : "");
+    cell(tr, String(st.failed), st.failed ? "bad" : "");
+    cell(tr, st.kind === "source" ? "–" : num(st.p50Ms));
+    cell(tr, st.kind === "source" ? "–" : num(st.p99Ms));
+    const q = cell(tr, "");
+    if (st.kind !== "source") {
+      const bar = document.createElement("span");
+      bar.className = st.load > 0.75 ? "bar hot" : "bar";
+      bar.title = `${st.queued} queued, ${st.busy} in flight of ${st.capacity} + ${st.replicas}`;
+      const fill = document.createElement("i");
+      fill.style.width = `${Math.min(100, Math.round(st.load * 100))}%`;
+      bar.append(fill);
+      q.append(bar);
+    }
+  }
+}
+
+function renderModels(models) {
+  const box = $("models");
+  if (!models.length) return;
+  box.replaceChildren(
+    ...models.map((m) => {
+      const div = document.createElement("div");
+      div.className = "model";
+      const title = document.createElement("div");
+      title.className = "title";
+      const left = document.createElement("span");
+      left.append(`${m.stage}: ${m.active.model} `);
+      const code = document.createElement("code");
+      code.textContent = m.active.version;
+      left.append(code);
+      const right = document.createElement("span");
+      right.className = "sub";
+      right.textContent = `${m.active.inferences} runs · ${num(m.active.meanMs)} ms · ${m.active.provider ?? ""}`;
+      title.append(left, right);
+      div.append(title);
+      if (m.canary) {
+        const c = document.createElement("div");
+        c.className = "canary sub";
+        const cc = document.createElement("code");
+        cc.textContent = m.canary.version;
+        c.append("canary ", cc, ` on ${pct(m.canary.share)} · ${m.canary.inferences}/${m.canary.decideAfter} runs, ${m.canary.failures} failed`);
+        div.append(c);
+      }
+      const sub = document.createElement("div");
+      sub.className = "sub";
+      sub.textContent = `${m.swaps} reloads · ${m.promotions} promoted · ${m.rollbacks} rolled back${m.watching ? " · watching file" : ""}`;
+      div.append(sub);
+      if (m.events.length) {
+        const ul = document.createElement("ul");
+        for (const e of m.events.slice(-3).reverse()) {
+          const li = document.createElement("li");
+          li.textContent = `${e.at.slice(11, 19)} ${e.kind}${e.version ? " " + e.version : ""}${e.reason ? ": " + e.reason : ""}`;
+          ul.append(li);
+        }
+        div.append(ul);
+      }
+      return div;
+    }),
+  );
+}
+
+// ---- preview feed ---------------------------------------------------------
+
+const cards = new Map();
+
+function card(stream) {
+  let c = cards.get(stream);
+  if (c) return c;
+  $("no-streams")?.remove();
+  const node = $("stream-card").content.firstElementChild.cloneNode(true);
+  node.dataset.stream = stream;
+  node.querySelector(".name").textContent = stream;
+  $("streams").append(node);
+  c = { node, canvas: node.querySelector("canvas"), meta: node.querySelector(".meta"), counts: node.querySelector(".counts"), last: 0, fps: 0 };
+  cards.set(stream, c);
+  return c;
+}
+
+// One hue per track id (or class when untracked), stable across frames.
+function color(key) {
+  let h = 0;
+  for (const ch of String(key)) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+  return `hsl(${h % 360} 85% 58%)`;
+}
+
+function drawFrame(c, header, bitmap) {
+  const { canvas } = c;
+  if (canvas.width !== header.jpegWidth || canvas.height !== header.jpegHeight) {
+    canvas.width = header.jpegWidth;
+    canvas.height = header.jpegHeight;
+  }
+  const g = canvas.getContext("2d");
+  g.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  const W = canvas.width, H = canvas.height;
+  const k = W / header.width;
+  const fontPx = Math.max(11, Math.round(W / 48));
+  g.font = `600 ${fontPx}px system-ui, sans-serif`;
+  g.lineWidth = Math.max(2, W / 320);
+
+  for (const z of overlays.zones) {
+    const zc = header.counts.zones[z.id];
+    g.beginPath();
+    z.polygon.forEach(([x, y], i) => (i ? g.lineTo(x * W, y * H) : g.moveTo(x * W, y * H)));
+    g.closePath();
+    g.fillStyle = "rgba(53, 194, 143, 0.16)";
+    g.fill();
+    g.strokeStyle = "rgba(53, 194, 143, 0.9)";
+    g.stroke();
+    const [x, y] = z.polygon[0];
+    label(g, `${z.id}${zc ? ` · ${zc.occupancy} inside · ${zc.entries} in total` : ""}`, x * W, y * H, "rgba(53, 194, 143, 0.9)", fontPx);
+  }
+  for (const l of overlays.lines) {
+    const lc = header.counts.lines[l.id];
+    g.strokeStyle = "#f5c542";
+    g.setLineDash([8, 5]);
+    g.beginPath();
+    g.moveTo(l.from[0] * W, l.from[1] * H);
+    g.lineTo(l.to[0] * W, l.to[1] * H);
+    g.stroke();
+    g.setLineDash([]);
+    label(g, `${l.id} · in ${lc?.in ?? 0} · out ${lc?.out ?? 0}`, Math.min(l.from[0], l.to[0]) * W, Math.min(l.from[1], l.to[1]) * H, "#f5c542", fontPx);
+  }
+  for (const d of header.detections) {
+    const [x1, y1, x2, y2] = d.b.map((v) => v * k);
+    const col = color(d.t ?? d.c);
+    g.strokeStyle = col;
+    g.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    label(g, `${d.t !== undefined ? `#${d.t} ` : ""}${d.c} ${Math.round(d.s * 100)}%`, x1, y1, col, fontPx);
+  }
+}
+
+function label(g, text, x, y, bg, fontPx) {
+  const w = g.measureText(text).width + 8;
+  const h = fontPx + 6;
+  const top = Math.max(0, y - h);
+  g.fillStyle = bg;
+  g.fillRect(x, top, w, h);
+  g.fillStyle = "#0f1216";
+  g.fillText(text, x + 4, top + fontPx + 1);
+}
+
+function renderCaption(c, header) {
+  const now = performance.now();
+  if (c.last) c.fps = 0.8 * c.fps + 0.2 * (1000 / Math.max(1, now - c.last));
+  c.last = now;
+  const lag = Math.max(0, Date.now() - header.ts);
+  c.meta.textContent = `#${header.seq} · ${header.detections.length} objects · ${num(c.fps)} fps shown · ${lag} ms behind`;
+  const chips = [];
+  for (const [id, v] of Object.entries(header.counts.lines)) chips.push([id, `in ${v.in} · out ${v.out}`]);
+  for (const [id, v] of Object.entries(header.counts.zones)) chips.push([id, `${v.occupancy} inside · ${v.entries} entered`]);
+  c.counts.replaceChildren(
+    ...chips.map(([id, text]) => {
+      const s = document.createElement("span");
+      s.className = "chip";
+      const b = document.createElement("b");
+      b.textContent = id;
+      s.append(b, ` ${text}`);
+      return s;
+    }),
+  );
+  c.node.dataset.seq = String(header.seq);
+  document.body.dataset.frames = String(++framesShown);
+}
+
+async function onRecord(header, jpeg) {
+  if (header.type !== "frame") return;
+  const c = card(header.stream);
+  const bitmap = await createImageBitmap(new Blob([jpeg], { type: "image/jpeg" }));
+  drawFrame(c, header, bitmap);
+  renderCaption(c, header);
+}
+
+async function feed() {
+  const decoder = new TextDecoder();
+  for (;;) {
+    try {
+      const res = await fetch("/api/live", { headers: auth });
+      if (!res.ok || !res.body) throw new Error(`feed: HTTP ${res.status}`);
+      $("feed-state").textContent = "live";
+      const reader = res.body.getReader();
+      let buf = new Uint8Array(0);
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const joined = new Uint8Array(buf.length + value.length);
+        joined.set(buf);
+        joined.set(value, buf.length);
+        buf = joined;
+        // Records back to back: take every complete one.
+        for (;;) {
+          if (buf.length < 4) break;
+          const view = new DataView(buf.buffer, buf.byteOffset);
+          const hl = view.getUint32(0);
+          if (buf.length < 8 + hl) break;
+          const jl = view.getUint32(4 + hl);
+          if (buf.length < 8 + hl + jl) break;
+          const header = JSON.parse(decoder.decode(buf.subarray(4, 4 + hl)));
+          const jpeg = buf.slice(8 + hl, 8 + hl + jl);
+          buf = buf.slice(8 + hl + jl);
+          await onRecord(header, jpeg);
+        }
+      }
+      $("feed-state").textContent = "feed ended; reconnecting";
+    } catch (err) {
+      $("feed-state").textContent = `${err.message}; retrying`;
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+poll();
+feed();
