@@ -9,6 +9,7 @@ const sections: Record<string, () => Promise<string>> = {
   core: () => benchCore(),
   serve: () => import("./serve.ts").then((m) => m.benchServe()),
   retail: () => import("./retail.ts").then((m) => m.benchRetail()),
+  nats: () => import("./nats.ts").then((m) => m.benchNats()),
 };
 
 const wanted = process.argv.slice(2);

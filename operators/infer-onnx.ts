@@ -25,32 +25,40 @@ const Options = v.strictObject({
   names: v.optional(v.array(v.string())),
   /** Output layout; auto tells YOLOv5 (1×N×(5+C)) from YOLOv8 (1×(4+C)×N) by shape. */
   layout: v.optional(v.picklist(["auto", "yolov5", "yolov8"]), "auto"),
-  /** Load a new version when the model file changes; it takes over between frames (or as a canary, with `canary`). */
-  watch: v.optional(v.boolean(), false),
-  /** New versions (file changes, reload requests) first get a share of the frames, then are promoted or rolled back. */
-  canary: v.optional(
-    v.strictObject({
-      /** Share of frames the new version runs while on trial. */
-      share: v.optional(v.pipe(v.number(), v.gtValue(0), v.maxValue(1)), 0.1),
-      /** Canary inferences before the decision. */
-      frames: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1)), 200),
-      /** Highest share of failed canary inferences; past it the canary is rolled back at once (its frames rerun on the active version). */
-      maxErrorRate: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(1)), 0.01),
-      /** Roll back when the canary's mean inference time exceeds the active version's by this factor. */
-      maxLatencyRatio: v.optional(v.pipe(v.number(), v.minValue(1))),
-      /** Roll back when the canary's mean detection confidence falls below this share of the active version's. */
-      minConfidenceRatio: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(1))),
-    }),
+  watch: v.optional(
+    v.pipe(v.boolean(), v.description("Load a new version when the model file changes; it takes over between frames (or as a canary, with `canary`).")),
+    false,
   ),
-  /** One JSON line per inference (model, version, input shape, time, confidence, detections, CPU/GPU %), rotated by size. */
+  canary: v.optional(
+    v.pipe(
+      v.strictObject({
+        share: v.optional(v.pipe(v.number(), v.gtValue(0), v.maxValue(1), v.description("Share of frames the new version runs while on trial.")), 0.1),
+        frames: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.description("Canary inferences before the decision.")), 200),
+        maxErrorRate: v.optional(
+          v.pipe(v.number(), v.minValue(0), v.maxValue(1), v.description("Highest share of failed canary inferences; past it the canary is rolled back at once.")),
+          0.01,
+        ),
+        maxLatencyRatio: v.optional(v.pipe(v.number(), v.minValue(1), v.description("Roll back when the canary's mean inference time exceeds the active version's by this factor."))),
+        minConfidenceRatio: v.optional(
+          v.pipe(v.number(), v.minValue(0), v.maxValue(1), v.description("Roll back when the canary's mean detection confidence falls below this share of the active version's.")),
+        ),
+      }),
+      v.description(
+        "New versions (file change, reload request) first run a share of the frames, then are promoted or rolled back; failed canary frames rerun on the active version.",
+      ),
+    ),
+  ),
   inferenceLog: v.optional(
-    v.strictObject({
-      path: v.pipe(v.string(), v.minLength(1)),
-      /** Rotate before a file grows past this many bytes. */
-      maxBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(4096)), 10 * 1024 * 1024),
-      /** Rotated files kept (path.1 newest). */
-      keep: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(100)), 5),
-    }),
+    v.pipe(
+      v.strictObject({
+        path: v.pipe(v.string(), v.minLength(1), v.description("The JSON Lines file (appended to).")),
+        maxBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(4096), v.description("Rotate before a file grows past this many bytes.")), 10 * 1024 * 1024),
+        keep: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(100), v.description("Rotated files kept (path.1 newest).")), 5),
+      }),
+      v.description(
+        "A JSON line per inference (model, version, input shape, time, detections, mean/max confidence, CPU/GPU %), rotated by size. Off unless given.",
+      ),
+    ),
   ),
 });
 type Options = v.InferOutput<typeof Options>;

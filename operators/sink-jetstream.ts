@@ -6,41 +6,35 @@ import { PayloadTooLargeError } from "../runtime/nats-bus.ts";
 import { defineOperator } from "../runtime/operator.ts";
 import { checkSubject } from "../runtime/subject.ts";
 import { toJsonLine } from "./sink-jsonl.ts";
-import { NatsUrl, resultConnection, resultId, resultSubject, SubjectPrefix } from "./sink-nats.ts";
+import { NatsUrl, Precision, resultConnection, resultId, resultSubject, SubjectPrefix } from "./sink-nats.ts";
 
-const Seconds = v.pipe(v.number(), v.minValue(0.001));
+const seconds = (description: string) => v.pipe(v.number(), v.minValue(0.001), v.description(description));
 
 const Stream = v.strictObject({
-  /** Stream name (letters, digits, - and _). */
-  name: v.pipe(v.string(), v.regex(/^[\w-]+$/, "expected a stream name of letters, digits, _ and -")),
-  /** Subjects it captures; default `<subject>.>`. */
-  subjects: v.optional(v.pipe(v.array(v.pipe(v.string(), v.check((s) => !checkSubject(s, true), "expected a NATS subject"))), v.minLength(1))),
-  /** Seconds a result is kept (default: until maxBytes is reached, oldest first). */
-  maxAge: v.optional(Seconds),
-  /** Bytes the stream may hold; the oldest results go first (default: the server's limit). */
-  maxBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1024))),
-  /** Seconds a Msg-Id is remembered: a retry within it is stored once. Make it longer than the outages you expect. */
-  duplicateWindow: v.optional(Seconds, 600),
-  storage: v.optional(v.picklist(["file", "memory"]), "file"),
+  name: v.pipe(v.string(), v.regex(/^[\w-]+$/, "expected a stream name of letters, digits, _ and -"), v.description("Stream name (letters, digits, - and _).")),
+  subjects: v.optional(
+    v.pipe(
+      v.array(v.pipe(v.string(), v.check((s) => !checkSubject(s, true), "expected a NATS subject"))),
+      v.minLength(1),
+      v.description("Subjects it captures; default `<subject>.>`."),
+    ),
+  ),
+  maxAge: v.optional(seconds("Seconds a result is kept (default: until maxBytes is reached, oldest first).")),
+  maxBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1024), v.description("Bytes the stream may hold; the oldest results go first (default: the server's limit)."))),
+  duplicateWindow: v.optional(seconds("Seconds a Msg-Id is remembered: a retry within it is stored once. Make it longer than the outages you expect."), 600),
+  storage: v.optional(v.pipe(v.picklist(["file", "memory"]), v.description("Where the stream keeps its messages.")), "file"),
 });
 
 const Options = v.strictObject({
-  /** Subject prefix: frames go to `<subject>.<stream>.frames`, events to `<subject>.<stream>.events.<type>`. */
   subject: SubjectPrefix,
-  /** Own connection to this server; default: the pipeline's bus when it is NATS (idle otherwise). */
   url: v.optional(NatsUrl),
-  /** Store every frame's detections too (off: JetStream keeps what must not be lost, the events). */
-  frames: v.optional(v.boolean(), false),
-  events: v.optional(v.boolean(), true),
-  /** Decimals kept in box coordinates and scores. */
-  precision: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(6)), 2),
-  /** Create this stream when it does not exist (an existing one is used as it is). */
-  stream: v.optional(Stream),
-  /** Seconds to wait for the stream's ack before publishing again (same Msg-Id, so never stored twice). */
-  ackTimeout: v.optional(Seconds, 5),
-  /** Backoff between attempts while JetStream is unreachable: first delay, doubled up to the max (seconds). */
-  retryDelay: v.optional(Seconds, 0.25),
-  maxRetryDelay: v.optional(Seconds, 5),
+  frames: v.optional(v.pipe(v.boolean(), v.description("Store every frame's detections too (off: JetStream keeps what must not be lost, the events).")), false),
+  events: v.optional(v.pipe(v.boolean(), v.description("Store events (line crossings, zone enter/exit, counts).")), true),
+  precision: Precision,
+  stream: v.optional(v.pipe(Stream, v.description("Create this stream when it does not exist (an existing one is used as it is)."))),
+  ackTimeout: v.optional(seconds("Seconds to wait for the stream's ack before publishing again (same Msg-Id, so never stored twice)."), 5),
+  retryDelay: v.optional(seconds("First delay between attempts while JetStream is unreachable (seconds), doubled up to maxRetryDelay."), 0.25),
+  maxRetryDelay: v.optional(seconds("Longest delay between attempts (seconds)."), 5),
 });
 type Options = v.InferOutput<typeof Options>;
 

@@ -10,22 +10,28 @@ import { toJsonLine } from "./sink-jsonl.ts";
 export const SubjectPrefix = v.pipe(
   v.string(),
   v.check((s) => !checkSubject(s, false), "expected a NATS subject without wildcards (e.g. retail.store1)"),
+  v.description("Subject prefix: frames go to `<subject>.<stream>.frames`, events to `<subject>.<stream>.events.<type>`."),
 );
 
 /** A nats:// or tls:// server URL (several comma-separated). */
-export const NatsUrl = v.pipe(v.string(), v.regex(/^(nats|tls):\/\//, "expected a nats:// or tls:// URL"));
+export const NatsUrl = v.pipe(
+  v.string(),
+  v.regex(/^(nats|tls):\/\//, "expected a nats:// or tls:// URL"),
+  v.description("Own connection to this server; default: the pipeline's bus when it is NATS (idle otherwise)."),
+);
+
+/** Decimals kept in box coordinates and scores. */
+export const Precision = v.optional(
+  v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(6), v.description("Decimals kept in box coordinates and scores.")),
+  2,
+);
 
 const Options = v.strictObject({
-  /** Subject prefix: frames go to `<subject>.<stream>.frames`, events to `<subject>.<stream>.events.<type>`. */
   subject: SubjectPrefix,
-  /** Own connection to this server; default: the pipeline's bus when it is NATS (idle otherwise). */
   url: v.optional(NatsUrl),
-  /** Publish every frame's detections (a live feed for dashboards). */
-  frames: v.optional(v.boolean(), true),
-  /** Publish events (line crossings, zone enter/exit, counts). */
-  events: v.optional(v.boolean(), true),
-  /** Decimals kept in box coordinates and scores. */
-  precision: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(6)), 2),
+  frames: v.optional(v.pipe(v.boolean(), v.description("Publish every frame's detections (a live feed for dashboards).")), true),
+  events: v.optional(v.pipe(v.boolean(), v.description("Publish events (line crossings, zone enter/exit, counts).")), true),
+  precision: Precision,
 });
 
 /** A stream id or event type as one subject token (`.`, `*`, `>` and spaces become `_`). */

@@ -10,16 +10,20 @@ const Norm = v.pipe(v.number(), v.minValue(0), v.maxValue(1));
 const Point = v.tuple([Norm, Norm]);
 
 const Options = v.strictObject({
-  /** Folder for the JPEGs (created): `<stream>-<seq>-<type>[-<line|zone>][-<trackId>].jpg`. */
-  dir: v.pipe(v.string(), v.minLength(1)),
-  /** Event types that get a snapshot. */
-  types: v.optional(v.pipe(v.array(v.string()), v.minLength(1)), ["cross", "enter", "exit"]),
-  /** Counting lines to draw, as given to `zones` (normalised 0..1; a YAML alias `*lines` reuses them). */
-  lines: v.optional(v.array(v.strictObject({ id: v.string(), from: Point, to: Point })), []),
-  /** Zones to draw, as given to `zones`. */
-  zones: v.optional(v.array(v.strictObject({ id: v.string(), polygon: v.pipe(v.array(Point), v.minLength(3)) })), []),
-  /** JPEG quality 1..100. */
-  quality: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100)), 80),
+  dir: v.pipe(v.string(), v.minLength(1), v.description("Folder for the JPEGs (created): `<stream>-<seq>-<type>[-<line|zone>][-<trackId>].jpg`.")),
+  types: v.optional(v.pipe(v.array(v.string()), v.minLength(1), v.description("Event types that get a snapshot.")), ["cross", "enter", "exit"]),
+  lines: v.optional(
+    v.pipe(
+      v.array(v.strictObject({ id: v.string(), from: Point, to: Point })),
+      v.description("Counting lines to draw, as given to `zones` (normalised 0..1; a YAML alias `*lines` reuses them)."),
+    ),
+    [],
+  ),
+  zones: v.optional(
+    v.pipe(v.array(v.strictObject({ id: v.string(), polygon: v.pipe(v.array(Point), v.minLength(3)) })), v.description("Zones to draw, as given to `zones`.")),
+    [],
+  ),
+  quality: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100), v.description("JPEG quality 1..100.")), 80),
 });
 type Options = v.InferOutput<typeof Options>;
 

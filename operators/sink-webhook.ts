@@ -1,27 +1,28 @@
 import * as v from "valibot";
 import { defineOperator } from "../runtime/operator.ts";
 import { toJsonLine } from "./sink-jsonl.ts";
-import { resultId } from "./sink-nats.ts";
+import { Precision, resultId } from "./sink-nats.ts";
 
-const Seconds = v.pipe(v.number(), v.minValue(0.001));
+const seconds = (description: string) => v.pipe(v.number(), v.minValue(0.001), v.description(description));
 
 const Options = v.strictObject({
-  /** Where results are POSTed as JSON (one request per result). */
-  url: v.pipe(v.string(), v.url(), v.regex(/^https?:\/\//, "expected an http:// or https:// URL")),
-  /** Extra request headers (e.g. Authorization). */
-  headers: v.optional(v.record(v.string(), v.string()), {}),
-  /** POST every frame's detections too (off: events only). */
-  frames: v.optional(v.boolean(), false),
-  events: v.optional(v.boolean(), true),
-  /** Decimals kept in box coordinates and scores. */
-  precision: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(6)), 2),
-  /** Seconds one request may take. */
-  timeout: v.optional(Seconds, 5),
-  /** Attempts after the first before a result is given up (loudly: a stage failure and an error line). */
-  retries: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(1000)), 5),
-  /** Backoff between attempts: first delay, doubled up to the max (seconds); a 429/503 Retry-After is honoured up to the max. */
-  retryDelay: v.optional(Seconds, 0.5),
-  maxRetryDelay: v.optional(Seconds, 30),
+  url: v.pipe(
+    v.string(),
+    v.url(),
+    v.regex(/^https?:\/\//, "expected an http:// or https:// URL"),
+    v.description("Where results are POSTed as JSON (one request per result)."),
+  ),
+  headers: v.optional(v.pipe(v.record(v.string(), v.string()), v.description("Extra request headers (e.g. Authorization).")), {}),
+  frames: v.optional(v.pipe(v.boolean(), v.description("POST every frame's detections too (off: events only).")), false),
+  events: v.optional(v.pipe(v.boolean(), v.description("POST events (line crossings, zone enter/exit, counts).")), true),
+  precision: Precision,
+  timeout: v.optional(seconds("Seconds one request may take."), 5),
+  retries: v.optional(
+    v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(1000), v.description("Attempts after the first before a result is given up (loudly: a stage failure and an error line).")),
+    5,
+  ),
+  retryDelay: v.optional(seconds("First delay between attempts (seconds), doubled up to maxRetryDelay; a Retry-After answer is honoured up to it."), 0.5),
+  maxRetryDelay: v.optional(seconds("Longest delay between attempts (seconds)."), 30),
 });
 
 /** A status worth another attempt: the server may answer differently later. */

@@ -33,6 +33,8 @@ export const Advert = v.object({
   placement: v.string(),
   /** Messages the worker takes at once (inbox + replicas); 0 while it shuts down. */
   capacity: v.pipe(v.number(), v.minValue(0)),
+  /** Messages it processes at the same time. */
+  replicas: v.optional(v.pipe(v.number(), v.minValue(1))),
   inflight: v.pipe(v.number(), v.minValue(0)),
   latencyMs: v.number(),
   cpu: v.number(),
@@ -52,6 +54,8 @@ interface Peer {
   seen: number;
   /** Requests this sender has in flight to the peer. */
   pending: number;
+  /** `pending` when the last advert came: the rest of the advertised load is other senders'. */
+  pendingAtAdvert: number;
   sent: number;
   /** A request to it failed: skipped until its next advert (a dead worker sends none and expires). */
   suspect: boolean;
@@ -79,7 +83,8 @@ export interface DispatcherOptions {
  * Sends one stage's output to the workers of a consumer stage in other
  * processes, by the consumer's route:
  * - `queue`: requests to the stage's queue group (the server picks a member);
- * - `least-loaded`: to the worker with the most spare capacity by its adverts;
+ * - `least-loaded`: to the worker with the most spare capacity by its adverts,
+ *   weighted by its latency (the one expected to finish the message first);
  * - `prefer-local`: to workers of the sender's placement while they have
  *   room, then the least loaded anywhere (e.g. the cloud, over a leaf link).
  * Every message is a request: the worker answers once it has processed it,
@@ -97,6 +102,8 @@ export class Dispatcher {
   private sweeper: ReturnType<typeof setInterval>;
   private timeoutMs: number;
   private subject?: string;
+  /** Messages in `launch`, waiting for a worker with room. */
+  private waiting = 0;
   dropped = 0;
   retried = 0;
 
@@ -115,18 +122,18 @@ export class Dispatcher {
       if (!r.success) return;
       const now = performance.now();
       const peer = this.peers.get(r.output.worker);
-      if (peer) [peer.advert, peer.seen, peer.suspect] = [r.output, now, false];
+      if (peer) [peer.advert, peer.seen, peer.suspect, peer.pendingAtAdvert] = [r.output, now, false, peer.pending];
       else {
-        this.peers.set(r.output.worker, { advert: r.output, seen: now, pending: 0, sent: 0, suspect: false });
+        this.peers.set(r.output.worker, { advert: r.output, seen: now, pending: 0, pendingAtAdvert: 0, sent: 0, suspect: false });
         log.info(`worker ${r.output.worker} (${r.output.placement}) joined stage ${stage.id}`);
       }
     });
     this.sweeper = setInterval(() => this.sweep(), WORKER_TTL_MS / 4);
   }
 
-  /** Requests not yet answered, retried or dropped. */
+  /** Messages on their way: waiting for a worker, or sent and not yet answered. */
   get pending(): number {
-    return this.flights.size;
+    return this.flights.size + this.waiting;
   }
 
   /** Messages sent to each worker so far, by worker id (least-loaded and prefer-local). */
@@ -152,6 +159,15 @@ export class Dispatcher {
 
   /** Waits for a worker with room (or drops, see below), then sends. */
   private async launch(f: Flight, exclude?: string): Promise<void> {
+    this.waiting++;
+    try {
+      await this.waitAndSend(f, exclude);
+    } finally {
+      this.waiting--;
+    }
+  }
+
+  private async waitAndSend(f: Flight, exclude?: string): Promise<void> {
     const droppable = isDroppable(f.msg);
     let deadline = performance.now() + this.timeoutMs;
     for (;;) {
@@ -192,20 +208,29 @@ export class Dispatcher {
       if (capacity === 0 || (!droppable && this.flights.size >= capacity)) return undefined;
       return { subject: this.subject };
     }
+    const usable = [...this.peers].filter(([, p]) => !p.suspect && p.advert.capacity > 0);
+    // A retry goes to another worker when there is one, else to the same again.
+    const others = usable.filter(([id]) => id !== exclude);
+    const candidates = (others.length ? others : usable).map(([, p]) => p);
+    // Once every worker has reported its latency, the cost of a worker is when it would finish the message
+    // ((queue + 1) x latency, per replica): a worker 3x slower gets work only while it would still be done first.
+    // Before that, the most spare slots.
+    const timed = candidates.every((p) => p.advert.latencyMs > 0);
+    // This sender's own requests are counted exactly; other senders' load is what the last advert showed beyond ours.
+    const load = (p: Peer) => p.pending + Math.max(0, p.advert.inflight - p.pendingAtAdvert);
+    const free = (p: Peer) => p.advert.capacity - load(p);
     let best: Peer | undefined;
-    let bestScore = -Infinity;
-    for (const [id, p] of this.peers) {
-      if (id === exclude || p.suspect || p.advert.capacity === 0) continue;
-      const load = Math.max(p.advert.inflight, p.pending);
-      const free = p.advert.capacity - load;
-      // Live frames go to the best worker even when all are full: its inbox drops the oldest, bounded latency.
-      if (free <= 0 && !droppable) continue;
-      // Spare slots first, then the quicker worker; prefer-local puts the sender's own placement first while it has room.
-      let score = free * 1000 - p.advert.latencyMs;
-      if (this.stage.route === "prefer-local" && p.advert.placement === this.placement && free > 0) score += 1e9;
-      if (score > bestScore) [best, bestScore] = [p, score];
+    let bestCost = Infinity;
+    for (const p of candidates) {
+      let cost = timed ? Math.ceil((load(p) + 1) / (p.advert.replicas ?? 1)) * p.advert.latencyMs : -free(p);
+      // prefer-local: the sender's own placement first while it has room.
+      if (this.stage.route === "prefer-local" && p.advert.placement === this.placement && free(p) > 0) cost -= 1e12;
+      if (cost < bestCost) [best, bestCost] = [p, cost];
     }
-    return best && { subject: workerSubject(this.pipeline, this.stage.id, best.advert.worker), peer: best };
+    // A file frame or event waits for the best worker rather than queue behind a worse one; a live frame
+    // goes now (the worker's inbox drops its oldest: latency stays bounded).
+    if (!best || (!droppable && free(best) <= 0)) return undefined;
+    return { subject: workerSubject(this.pipeline, this.stage.id, best.advert.worker), peer: best };
   }
 
   private dispatch(f: Flight, target: { subject: string; peer?: Peer }): void {

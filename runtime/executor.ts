@@ -312,6 +312,7 @@ export class Executor {
           stage: st.spec.id,
           placement: this.opts.placement ?? st.spec.placement,
           capacity: this.accepting.has(st.spec.id) ? st.spec.inboxSize + st.spec.replicas : 0,
+          replicas: st.spec.replicas,
           inflight: (st.inbox?.size ?? 0) + st.busy,
           latencyMs: st.stats.latency.count ? st.stats.latency.mean : 0,
           cpu,

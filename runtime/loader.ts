@@ -228,7 +228,17 @@ function pathFromAncestors(ancestors: readonly unknown[], leaf: unknown): string
 
 function reportIssue(doc: Document, at: At, issue: v.BaseIssue<unknown>, prefix: (string | number)[], schema: v.GenericSchema): void {
   const keys = [...prefix, ...(issue.path ?? []).map((p) => p.key as string | number)];
-  reportAt(doc, at, keys, describeIssue(issue, schema));
+  const message = describeIssue(issue, schema);
+  // An unknown key is where the key is written, not where its (maybe multi-line) value starts.
+  const key = message.startsWith("unknown key") ? keyOffset(doc, keys) : undefined;
+  if (key !== undefined) at(key, formatPath(keys), message);
+  else reportAt(doc, at, keys, message);
+}
+
+function keyOffset(doc: Document, keys: (string | number)[]): number | undefined {
+  const parent: any = doc.getIn(keys.slice(0, -1), true);
+  const pair = parent?.items?.find?.((it: any) => isScalar(it?.key) && it.key.value === keys.at(-1));
+  return pair?.key?.range?.[0];
 }
 
 /** Reports at the deepest node of `keys` that exists in the document. */

@@ -327,12 +327,7 @@ export class ModelLifecycle<M> {
     clearTimeout(this.watchTimer);
     this.watcher?.close();
     await this.queue;
-    const all = [this.active, ...(this.canary ? [this.canary] : [])];
-    this.canary = undefined;
-    for (const v of all) {
-      v.role = "retired";
-      await this.free(v);
-    }
+    for (const v of [this.active, ...(this.canary ? [this.canary] : [])]) await this.free(v);
   }
 
   private async doReload(req: { file?: string; canary?: number | false }): Promise<ReloadResult> {

@@ -119,7 +119,8 @@ export function operatorsMarkdown(defs: OperatorDefinition[]): string {
     out.push("| option | type | default | constraints | description |", "|---|---|---|---|---|");
     for (const r of rows) {
       const dflt = r.required ? "**required**" : r.default === undefined ? "" : `\`${JSON.stringify(r.default)}\``;
-      out.push(`| \`${r.name}\` | ${r.type} | ${dflt} | ${r.constraints.join(", ")} | ${r.description.replace(/\|/g, "\\|")} |`);
+      const cell = (t: string) => t.replace(/\|/g, "\\|");
+      out.push(`| \`${r.name}\` | ${r.type} | ${dflt} | ${cell(r.constraints.join(", "))} | ${cell(r.description)} |`);
     }
   }
   return out.join("\n") + "\n";

@@ -77,7 +77,10 @@ export interface ProcessStatus {
   waiting: string[];
   bus: { kind: string; connected?: boolean; reconnects?: number; published?: number; received?: number };
   load: LoadSample;
+  /** This process's stages. */
   stages: StageStatus[];
+  /** Every stage id of the pipeline file, in order (other processes may run the rest). */
+  pipelineStages: string[];
   streams: StreamStatus[];
   models: ModelStatus[];
   /** Messages sent to each remote worker, by stage (load-aware routes). */
@@ -213,6 +216,7 @@ export class StatusView {
         : { kind: exec.bus.kind },
       load: hostLoad.latest,
       stages,
+      pipelineStages: exec.spec.stages.map((s) => s.id),
       streams,
       models: live.flatMap((s) => (s.instance.models ? [s.instance.models.status()] : [])),
       routing: exec.routing(),
@@ -315,6 +319,7 @@ const StatusReply = v.looseObject({
   host: v.string(),
   ready: v.boolean(),
   stages: v.array(v.looseObject({ id: v.string(), operator: v.string(), fps: v.number(), replicas: v.number() })),
+  pipelineStages: v.array(v.string()),
   models: v.array(
     v.looseObject({
       stage: v.string(),
@@ -391,15 +396,22 @@ export function formatClusterStatus(s: ClusterStatus, url: string): string {
   for (const a of s.adverts) {
     const row = rows.get(key(a.pipeline, a.stage, a.worker)) ?? blank(a.pipeline, a.stage, a.worker);
     row.placement = a.placement;
-    row.load = `${a.inflight}/${a.capacity} (${a.capacity ? Math.round((a.inflight / a.capacity) * 100) : 100} %)`;
+    // Capacity is advertised by stages that take load-aware work; the others just say what they hold.
+    row.load = a.capacity ? `${a.inflight}/${a.capacity} (${Math.round((a.inflight / a.capacity) * 100)} %)` : `${a.inflight} in flight`;
     row.latency = `${a.latencyMs.toFixed(1)} ms`;
-    row.cpu = `${Math.round(a.cpu * 100)} %`;
+    row.cpu = `${Math.round(a.cpu * 100)} %`; // of one core
     rows.set(key(a.pipeline, a.stage, a.worker), row);
   }
   if (rows.size === 0) return `no running framewire pipelines answered on ${url}`;
   const head: Row = { pipeline: "PIPELINE", stage: "STAGE", worker: "WORKER", placement: "PLACEMENT", load: "LOAD", latency: "LATENCY", cpu: "CPU", fps: "FPS", versions: "MODEL VERSIONS" };
   const cols = Object.keys(head) as (keyof Row)[];
-  const list = [...rows.values()].sort((a, b) => a.pipeline.localeCompare(b.pipeline) || a.stage.localeCompare(b.stage) || a.worker.localeCompare(b.worker));
+  // Stages in pipeline-file order where a process told it, the rest after them.
+  const order = new Map<string, number>();
+  for (const p of s.processes) p.pipelineStages.forEach((id, i) => order.set(`${p.pipeline}\u0000${id}`, i));
+  const rank = (r: Row) => order.get(`${r.pipeline}\u0000${r.stage}`) ?? Infinity;
+  const list = [...rows.values()].sort(
+    (a, b) => a.pipeline.localeCompare(b.pipeline) || rank(a) - rank(b) || a.stage.localeCompare(b.stage) || a.worker.localeCompare(b.worker),
+  );
   const widths = cols.map((c) => Math.max(...[head, ...list].map((r) => r[c].length)));
   const fmt = (r: Row) => cols.map((c, i) => r[c].padEnd(widths[i])).join("  ").trimEnd();
   const ready = s.processes.map((p) => `${p.pipeline}@${p.worker} (${p.host}) ${p.ready ? "ready" : "not ready"}`);

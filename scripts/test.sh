@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test || { echo "0 passed, 1 failed"; exit 1; }
 mkdir -p .tmp
-bun test "$@" 2>&1 | tee .tmp/test-output.txt
+bun test --timeout 60000 "$@" 2>&1 | tee .tmp/test-output.txt
 status=${PIPESTATUS[0]}
 passed=$(grep -Eo '^ *[0-9]+ pass$' .tmp/test-output.txt | tail -n 1 | grep -Eo '[0-9]+')
 failed=$(grep -Eo '^ *[0-9]+ fail$' .tmp/test-output.txt | tail -n 1 | grep -Eo '[0-9]+')

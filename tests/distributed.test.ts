@@ -132,7 +132,6 @@ describe("a pipeline split across processes", () => {
     b2.signal("SIGKILL");
     await succeeds(edge, "the edge process");
     await succeeds(b1, "the surviving worker");
-    console.error(edge.stderr(), edge.stdout(), b1.stderr(), b1.stdout(), readFileSync(out, "utf8").split("\n").map((l) => l.slice(0, 30)).join("\n"));
     const seqs = new Set((await lines(out)).map((l) => JSON.parse(l).seq));
     expect([...seqs].sort((a, b) => a - b)).toEqual(Array.from({ length: 30 }, (_, i) => i));
     // Frames b2 had taken (or was being sent) went to b1.

@@ -134,7 +134,9 @@ describe("ingest from a real RTSP server", () => {
       // Stay down until ingest has also failed to reconnect once (connection refused).
       await until(() => /reconnect #2 in 0\.4 s/.test(src.log.text()), "a failed reconnect while the server is down");
       const before = run.frames.length;
-      server = await startRtspServer(sampleVideo, { port: server.port });
+      const port = server.port;
+      server = await server.restart();
+      expect(server.port).toBe(port);
       await until(() => run.frames.length >= before + 5, "frames after the restart");
     } finally {
       await run.stop();
@@ -144,6 +146,19 @@ describe("ingest from a real RTSP server", () => {
     expect(log).toMatch(/stream lost after 0 frames \(exit \d+: .*\); reconnect #2 in 0\.4 s/);
     expect(run.frames.map((f) => f.seq)).toEqual(run.frames.map((_, i) => i));
     expect(run.frames.at(-1)!.image).toMatchObject({ width: 480, height: 360 });
+  });
+});
+
+describe("RTSP test harness", () => {
+  test("a server that cannot start is a clear error, not a hang", async () => {
+    await expect(startRtspServer(join(tmp.path, "missing.mp4"))).rejects.toThrow(/did not start: .*no such file/s);
+    const first = await startRtspServer(sampleVideo);
+    try {
+      await expect(startRtspServer(sampleVideo, { port: first.port })).rejects.toThrow(`cannot listen on 127.0.0.1:${first.port}`);
+    } finally {
+      await first.stop();
+    }
+    expect(await processesMatching(`rtsp-server.py ${first.port} `)).toEqual([]);
   });
 });
 

@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { PipelineFileError } from "../runtime/errors.ts";
-import { loadPipeline } from "../runtime/loader.ts";
+import { loadPipeline, PipelineSchema } from "../runtime/loader.ts";
 import { loadRegistry, type Registry } from "../runtime/registry.ts";
 import { repoRoot, sampleVideo } from "./support/paths.ts";
 import { lineOf, parse, parseError } from "./support/pipeline.ts";
@@ -79,7 +79,10 @@ describe("pipeline files", () => {
     const text = `name: t\ncolour: blue\nstages:\n  - id: cam\n    use: ingest\n    with: { url: ${video} }\n`;
     const err = parseError(text, registry);
     expect(err.issues).toHaveLength(1);
-    expect(err.message).toMatch(/^test\.yaml:2:\d+: colour: unknown key \(allowed: name, bus, stages\)$/);
+    const allowed = Object.keys(PipelineSchema.entries).join(", ");
+    expect(allowed).toStartWith("name, bus, stages");
+    expect(err.message).toMatch(/^test\.yaml:2:\d+: colour: unknown key \(allowed: /);
+    expect(err.message).toEndWith(`(allowed: ${allowed})`);
   });
 
   test("unknown key in a stage lists the stage keys", () => {
@@ -94,6 +97,16 @@ describe("pipeline files", () => {
     const err = parseError(text, registry);
     expect(err.issues[0]).toMatchObject({ line: 7, path: "stages[0].with.fsp" });
     expect(err.message).toMatch(/unknown key \(allowed: url, stream, fps, .*stallTimeout/);
+  });
+
+  test("an unknown key with a block value is reported on the key's line", () => {
+    const text = `name: t\nextra:\n  - 1\nstages:\n  - id: cam\n    use: ingest\n    options:\n      fps: 2\n    with: { url: ${video} }\n`;
+    const err = parseError(text, registry);
+    const found = err.issues.map((i) => [i.line, i.column, i.path]).sort((a, b) => (a[0] as number) - (b[0] as number));
+    expect(found).toEqual([
+      [2, 1, "extra"],
+      [7, 5, "stages[0].options"],
+    ]);
   });
 
   test("unknown operator suggests the closest name", () => {

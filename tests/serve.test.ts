@@ -1,12 +1,19 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
+import { DEFAULT_LIMITS } from "../runtime/image-decode.ts";
 import { decodeInferResponse, encodeInferRequest, HEADER_LENGTH } from "../runtime/kserve.ts";
 import type { Frame } from "../runtime/message.ts";
 import { readBytes } from "../runtime/platform.ts";
+import { loadRegistry } from "../runtime/registry.ts";
+import { createServeApp } from "../runtime/serve/app.ts";
+import { createServeMetrics } from "../runtime/serve/metrics.ts";
+import { loadServedModel } from "../runtime/serve/model.ts";
 import { makeTransform, readAll, step } from "./support/operators.ts";
 import { busImage, fp16ModelFile, modelFile, repoRoot, zidaneImage } from "./support/paths.ts";
+import { captureLog } from "./support/pipeline.ts";
 import { startProcess } from "./support/process.ts";
+import { until } from "./support/wait.ts";
 import { json, startServe, type ServeProcess } from "./support/serve.ts";
 
 setDefaultTimeout(60_000);
@@ -221,12 +228,38 @@ describe("framewire serve: start and stop", () => {
 
   test("SIGTERM drains and exits 0", async () => {
     const s = await startServe(["--model", modelFile]);
-    const pending = fetch(`${s.url}/detect`, { method: "POST", body: await readBytes(busImage), headers: { "content-type": "image/jpeg" } });
-    await s.child.waitFor(/listening/);
-    const answered = pending.then((r) => r.status);
     expect(await s.stop()).toBe(0);
-    // The request either ran before the drain (200) or was refused as not ready (503): never cut off.
-    expect([200, 503]).toContain(await answered);
-    expect(s.child.stderr()).toContain("SIGTERM: draining");
+    expect(s.child.stderr()).toMatch(/SIGTERM: draining \(not ready; requests in progress finish\)\n.*stopped/);
+  });
+
+  test("a drain lets the request in progress finish, then answers 503", async () => {
+    const log = captureLog("serve");
+    const model = await loadServedModel(
+      { model: modelFile, instances: 1, threads: 0, maxBatch: 32, preferredBatch: [], maxQueueDelayUs: 0, maxQueue: 8, size: 640 },
+      log,
+    );
+    const app = await createServeApp({
+      model,
+      metrics: createServeMetrics(model),
+      registry: await loadRegistry(),
+      log,
+      limits: DEFAULT_LIMITS,
+      maxImageBytes: 10 << 20,
+      maxBodyBytes: 10 << 20,
+      decoders: 1,
+      maxWaiting: 1,
+      conf: 0.25,
+      iou: 0.45,
+    });
+    const detect = async () =>
+      app.fetch(new Request("http://serve/detect", { method: "POST", body: await readBytes(busImage), headers: { "content-type": "image/jpeg" } }));
+    const inProgress = detect();
+    await until(() => model.batcher.busy > 0, "the request to reach the model");
+    await app.drain();
+    expect((await inProgress).status).toBe(200);
+    expect((await app.fetch(new Request("http://serve/v2/health/ready"))).status).toBe(503);
+    const late = await detect();
+    expect([late.status, await json(late)]).toEqual([503, { error: "the server is shutting down" }]);
+    await model.close();
   });
 });

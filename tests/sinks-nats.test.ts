@@ -9,7 +9,7 @@ import { toJsonLine } from "../operators/sink-jsonl.ts";
 import type { Event, Frame } from "../runtime/message.ts";
 import { NatsBus } from "../runtime/nats-bus.ts";
 import type { SinkDefinition, SinkInstance, StageContext } from "../runtime/operator.ts";
-import { client, manager, readStream, startJetStreamServer, type NatsServer } from "./support/jetstream.ts";
+import { client, disposeAllNatsServers, manager, readStream, startJetStreamServer, type NatsServer } from "./support/jetstream.ts";
 import { captureLog, type CapturedLog } from "./support/pipeline.ts";
 import { sleep, until } from "./support/wait.ts";
 
@@ -25,7 +25,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await bus?.close();
   await nc?.close();
-  await server?.dispose();
+  // Also any server a failed test left behind.
+  await disposeAllNatsServers();
 });
 
 function frame(seq: number): Frame {
@@ -180,7 +181,7 @@ describe("sink-jetstream", () => {
     const { sink, log } = await makeSink(sinkJetStream, { subject: "gone", url: own.url, stream: { name: "GONE" }, ackTimeout: 0.2, retryDelay: 0.05 }, false);
     await sink.process(event(0));
     await own.stop();
-    const outcome = sink.process(event(1)).then(() => "stored", (e: Error) => e.message);
+    const outcome = Promise.resolve(sink.process(event(1))).then(() => "stored", (e: Error) => e.message);
     await until(() => log.text().includes("storing event cam#1 (cross) on gone.cam.events.cross failed"), "a failed attempt");
     await sink.close!();
     expect(await outcome).toMatch(/^event cam#1 \(cross\) NOT stored on gone\.cam\.events\.cross: stage closed while JetStream was unreachable/);

@@ -16,11 +16,12 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 test("retail.yaml tracks people and emits zone events on the sample clip", async () => {
   // No environment: the defaults (the shipped clip), whatever CAMERA_URL the caller has.
   const spec = await loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), () => undefined);
-  expect(spec.stages.map((s) => s.def.name)).toEqual(["ingest", "resize", "infer-onnx", "nms", "tracker", "zones", "sink-jsonl", "sink-log"]);
+  expect(spec.stages.map((s) => s.def.name)).toEqual(["ingest", "resize", "infer-onnx", "nms", "tracker", "zones", "sink-jsonl", "sink-log", "sink-snapshot", "sink-jetstream"]);
   const out = join(tmp, "retail.jsonl");
   for (const s of spec.stages) {
     if (s.def.name === "sink-jsonl") (s.options as { path: string }).path = out;
     if (s.def.name === "zones") (s.options as { state: string }).state = join(tmp, "counts.json");
+    if (s.def.name === "sink-snapshot") (s.options as { dir: string }).dir = join(tmp, "snapshots");
   }
   const exec = new Executor(spec, new MemoryBus(), { frames: 60, log: createLogger("retail", 99) });
   await exec.start();

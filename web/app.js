@@ -156,20 +156,25 @@ function color(key) {
   return `hsl(${h % 360} 85% 58%)`;
 }
 
+// The canvas has the pixels of its place on screen (the preview is scaled
+// into it), so boxes and labels stay crisp whatever the preview's size.
 function drawFrame(c, header, bitmap) {
   const { canvas } = c;
-  if (canvas.width !== header.jpegWidth || canvas.height !== header.jpegHeight) {
-    canvas.width = header.jpegWidth;
-    canvas.height = header.jpegHeight;
+  const dpr = window.devicePixelRatio || 1;
+  const W = Math.round((canvas.clientWidth || header.jpegWidth) * dpr);
+  const H = Math.round((W * header.jpegHeight) / header.jpegWidth);
+  if (canvas.width !== W || canvas.height !== H) {
+    canvas.width = W;
+    canvas.height = H;
   }
   const g = canvas.getContext("2d");
-  g.drawImage(bitmap, 0, 0);
+  g.imageSmoothingQuality = "high";
+  g.drawImage(bitmap, 0, 0, W, H);
   bitmap.close();
-  const W = canvas.width, H = canvas.height;
   const k = W / header.width;
-  const fontPx = Math.max(11, Math.round(W / 48));
+  const fontPx = Math.round(12 * dpr);
   g.font = `600 ${fontPx}px system-ui, sans-serif`;
-  g.lineWidth = Math.max(2, W / 320);
+  g.lineWidth = 2 * dpr;
 
   for (const z of overlays.zones) {
     const zc = header.counts.zones[z.id];
@@ -181,7 +186,7 @@ function drawFrame(c, header, bitmap) {
     g.strokeStyle = "rgba(53, 194, 143, 0.9)";
     g.stroke();
     const [x, y] = z.polygon[0];
-    label(g, `${z.id}${zc ? ` · ${zc.occupancy} inside · ${zc.entries} in total` : ""}`, x * W, y * H, "rgba(53, 194, 143, 0.9)", fontPx);
+    label(g, `${z.id}${zc ? ` · ${zc.occupancy} inside` : ""}`, x * W, y * H, "rgba(53, 194, 143, 0.9)", fontPx);
   }
   for (const l of overlays.lines) {
     const lc = header.counts.lines[l.id];
@@ -203,14 +208,17 @@ function drawFrame(c, header, bitmap) {
   }
 }
 
+// A filled tag above (x, y), kept inside the canvas.
 function label(g, text, x, y, bg, fontPx) {
-  const w = g.measureText(text).width + 8;
-  const h = fontPx + 6;
+  const pad = Math.round(fontPx / 3);
+  const w = g.measureText(text).width + 2 * pad;
+  const h = fontPx + 2 * pad;
+  const left = Math.max(0, Math.min(x, g.canvas.width - w));
   const top = Math.max(0, y - h);
   g.fillStyle = bg;
-  g.fillRect(x, top, w, h);
+  g.fillRect(left, top, w, h);
   g.fillStyle = "#0f1216";
-  g.fillText(text, x + 4, top + fontPx + 1);
+  g.fillText(text, left + pad, top + pad + fontPx * 0.85);
 }
 
 function renderCaption(c, header) {
@@ -218,7 +226,7 @@ function renderCaption(c, header) {
   if (c.last) c.fps = 0.8 * c.fps + 0.2 * (1000 / Math.max(1, now - c.last));
   c.last = now;
   const lag = Math.max(0, Date.now() - header.ts);
-  c.meta.textContent = `#${header.seq} · ${header.detections.length} objects · ${num(c.fps)} fps shown · ${lag} ms behind`;
+  c.meta.textContent = `frame ${header.seq} · ${header.detections.length} objects · preview ${num(c.fps)} fps · ${lag} ms behind capture`;
   const chips = [];
   for (const [id, v] of Object.entries(header.counts.lines)) chips.push([id, `in ${v.in} · out ${v.out}`]);
   for (const [id, v] of Object.entries(header.counts.zones)) chips.push([id, `${v.occupancy} inside · ${v.entries} entered`]);

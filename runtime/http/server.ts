@@ -1,7 +1,6 @@
 /**
- * Starts a process's HTTP server. The routes are plain hono (app.ts); this
- * file is the one place the server touches the runtime (Bun.serve): a Deno
- * port swaps `listen` for Deno.serve.
+ * Starts a process's HTTP server: the hono routes (app.ts) bound with
+ * `listen` (Bun.serve or Deno.serve, shared with `framewire serve`).
  */
 import * as v from "valibot";
 import { join } from "node:path";
@@ -9,6 +8,7 @@ import { ConfigError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { projectRoot } from "../paths.ts";
 import { env, readText } from "../platform.ts";
+import { listen, type Listener } from "../serve/listen.ts";
 import type { StatusView } from "../status.ts";
 import { createApp } from "./app.ts";
 import { LiveFeed } from "./live.ts";
@@ -49,16 +49,10 @@ export async function startHttpServer(view: StatusView, options: HttpOptions, lo
   for (const [path, file, type] of ASSETS) assets.set(path, { body: await readText(join(projectRoot, "web", file)), type });
   const live = new LiveFeed(view.exec, { fps: options.liveFps, width: options.liveWidth });
   const app = createApp({ view, live, options, token, assets, log });
-  let server: ReturnType<typeof Bun.serve>;
+  let server: Listener;
   try {
-    server = Bun.serve({
-      hostname: options.host,
-      port: options.port,
-      fetch: app.fetch,
-      maxRequestBodySize: options.maxBodyBytes,
-      // Live streams send a record at least every 2 s; anything quieter is gone.
-      idleTimeout: 30,
-    });
+    // The runtime's limit is a backstop that drops the connection; bodies just over ours get hono's 413 first.
+    server = listen(app.fetch, { hostname: options.host, port: options.port, maxRequestBodySize: Math.max(1 << 20, 4 * options.maxBodyBytes) });
   } catch (err) {
     throw new ConfigError(`http: cannot listen on ${options.host}:${options.port}: ${(err as Error).message}`);
   }
@@ -66,10 +60,10 @@ export async function startHttpServer(view: StatusView, options: HttpOptions, lo
   log.info(`listening on ${url} — live page /, /metrics, /healthz, /readyz, /api/status; control ${token ? "enabled (bearer token)" : "disabled (no token)"}`);
   return {
     url,
-    port: server.port!,
+    port: server.port,
     async stop() {
       live.close();
-      await server.stop(true);
+      await server.stop();
     },
   };
 }

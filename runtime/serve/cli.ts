@@ -74,6 +74,13 @@ export async function runServe(rest: string[]): Promise<number> {
   }
   const f = parsed.output;
   const log = createLogger("serve");
+  // Installed first: a signal that comes while the model loads, or right after "listening", still drains.
+  let stopRequested!: (signal: string) => void;
+  const stop = new Promise<string>((resolve) => (stopRequested = resolve));
+  const off = onShutdownSignal((sig) => {
+    off();
+    stopRequested(sig);
+  });
   const model = await loadServedModel(
     {
       model: f.model,
@@ -106,12 +113,7 @@ export async function runServe(rest: string[]): Promise<number> {
   const listener = listen(app.fetch, { hostname: f.host, port: f.port, maxRequestBodySize: Math.max(maxBodyBytes, maxImageBytes) + MiB });
   log.info(`${model.name} listening on http://${f.host}:${listener.port} (KServe v2 under /v2, POST /detect, GET /metrics)`);
 
-  const signal = await new Promise<string>((resolve) => {
-    const off = onShutdownSignal((sig) => {
-      off();
-      resolve(sig);
-    });
-  });
+  const signal = await stop;
   log.info(`${signal}: draining (not ready; requests in progress finish)`);
   await app.drain();
   await listener.stop();

@@ -1,15 +1,15 @@
 /**
  * A model as `framewire serve` serves it: N onnxruntime sessions (Triton's
- * instance count) behind one batcher, with the KServe metadata clients see.
+ * instance count), each on its own worker thread, behind one batcher, with
+ * the KServe metadata clients see.
  */
-import * as ort from "onnxruntime-node";
 import { cpus } from "node:os";
 import { basename } from "node:path";
-import { loadModel, type LoadedModel } from "../../operators/infer-onnx.ts";
 import { ConfigError } from "../errors.ts";
 import type { TensorMetadata } from "../kserve.ts";
 import type { Logger } from "../log.ts";
 import { Batcher, type Runner } from "./batcher.ts";
+import type { FromInstance, InstanceInfo, ToInstance } from "./instance-worker.ts";
 
 export interface ServeModelOptions {
   /** A path, or a file name under models/. */
@@ -47,34 +47,96 @@ export interface ServedModel {
 /** -1 for symbolic or unknown dims, as KServe metadata writes them. */
 const dimOf = (d: number | string) => (typeof d === "number" && d > 0 ? d : -1);
 
+/** A worker thread holding one session; it runs one batch at a time (the batcher never sends it more). */
+class Instance {
+  private pending?: { resolve(r: { data: Float32Array; dims: number[] }): void; reject(e: Error): void };
+
+  private constructor(
+    private worker: Worker,
+    readonly info: InstanceInfo,
+    private log: Logger,
+  ) {
+    worker.onmessage = (e: MessageEvent<FromInstance>) => this.receive(e.data);
+    worker.onerror = (e) => this.settle(undefined, new Error(`model instance crashed: ${e.message}`));
+  }
+
+  /**
+   * A worker with `model` loaded.
+   * @throws ConfigError when the model cannot be used (missing, float16, ...).
+   */
+  static start(model: string, threads: number, log: Logger): Promise<Instance> {
+    const worker = new Worker(new URL("./instance-worker.ts", import.meta.url).href, { type: "module" });
+    return new Promise((resolve, reject) => {
+      const fail = (err: Error) => {
+        worker.terminate();
+        reject(err);
+      };
+      worker.onmessage = (e: MessageEvent<FromInstance>) => {
+        const m = e.data;
+        if (m.type === "up") worker.postMessage({ type: "load", model, threads } satisfies ToInstance);
+        else if (m.type === "warn") log.warn(m.message);
+        else if (m.type === "loaded") resolve(new Instance(worker, m.info, log));
+        else if (m.type === "failed") fail(m.config ? new ConfigError(m.message) : new Error(m.message));
+      };
+      worker.onerror = (e) => fail(new Error(`model instance crashed while loading: ${e.message}`));
+    });
+  }
+
+  run(input: Float32Array, dims: number[]): Promise<{ data: Float32Array; dims: number[] }> {
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject };
+      // Cloned, not transferred: the input may be a view into a request body other code still holds.
+      this.worker.postMessage({ type: "run", input, dims } satisfies ToInstance);
+    });
+  }
+
+  close(): void {
+    this.worker.terminate();
+    this.settle(undefined, new Error("model instance closed"));
+  }
+
+  private receive(m: FromInstance): void {
+    if (m.type === "warn") this.log.warn(m.message);
+    else if (m.type === "result") this.settle({ data: m.data, dims: m.dims });
+    else if (m.type === "failed") this.settle(undefined, new Error(m.message));
+  }
+
+  private settle(result?: { data: Float32Array; dims: number[] }, err?: Error): void {
+    const p = this.pending;
+    this.pending = undefined;
+    if (err) p?.reject(err);
+    else if (result) p?.resolve(result);
+  }
+}
+
 /**
- * Loads `instances` sessions of a model, warms each up, and puts a batcher in front.
+ * Loads `instances` sessions of a model (a worker thread each), warms each
+ * up, and puts a batcher in front.
  * @throws ConfigError when the model cannot be served (missing, float16, dynamic non-batch dims).
  * @example
  * const m = await loadServedModel({ model: "yolov5n.onnx", instances: 1, threads: 0, maxBatch: 32, preferredBatch: [4, 8, 16], maxQueueDelayUs: 500, maxQueue: 64, size: 640 }, log);
  */
 export async function loadServedModel(o: ServeModelOptions, log: Logger): Promise<ServedModel> {
   const threads = o.threads || Math.max(1, Math.floor(cpus().length / o.instances));
-  const sessions: LoadedModel[] = [];
-  const release = () => Promise.all(sessions.map((s) => s.session.release()));
+  const instances: Instance[] = [];
+  const release = () => instances.forEach((i) => i.close());
   try {
     // One at a time: peak memory stays at one model being optimised.
-    for (let i = 0; i < o.instances; i++) sessions.push(await loadModel({ model: o.model, providers: ["cpu"], threads, layout: "auto" }, (w) => log.warn(w)));
+    for (let i = 0; i < o.instances; i++) instances.push(await Instance.start(o.model, threads, log));
   } catch (err) {
-    await release();
+    release();
     throw err;
   }
-  const first = sessions[0];
+  const first = instances[0].info;
   const file = basename(first.file);
   const name = o.name ?? file.replace(/\.onnx$/i, "");
-  const outMeta = first.session.outputMetadata[0];
   const inDims = first.inputDims.map(dimOf);
-  const outDims = (outMeta.isTensor ? outMeta.shape : []).map(dimOf);
+  const outDims = first.outputDims.map(dimOf);
   // Height and width of an image model may be dynamic: --size fixes them, as every request must then match.
   const shape = inDims.map((d, i) => (d === -1 && i >= 2 && inDims.length === 4 ? o.size : d));
   const bad = shape.findIndex((d, i) => i > 0 && d === -1);
   if (bad >= 0) {
-    await release();
+    release();
     throw new ConfigError(`${file}: input dim ${bad} of [${first.inputDims.join(", ")}] is dynamic; framewire serve needs fixed dims besides the batch`);
   }
   const dynamic = shape[0] === -1;
@@ -82,12 +144,10 @@ export async function loadServedModel(o: ServeModelOptions, log: Logger): Promis
   const itemShape = shape.slice(1);
   const itemSize = itemShape.reduce((a, d) => a * d, 1);
 
-  const runners: Runner[] = sessions.map((m) => async (input, batch) => {
-    const out = (await m.session.run({ [m.inputName]: new ort.Tensor("float32", input, [batch, ...itemShape]) }))[m.outputName];
-    return { data: out.data as Float32Array, dims: out.dims as number[] };
-  });
+  const runners: Runner[] = instances.map((inst) => (input, batch) => inst.run(input, [batch, ...itemShape]));
   // Warm-up: the first run of a session allocates and tunes; no request should pay for it.
-  await Promise.all(runners.map((run) => run(new Float32Array(itemSize * (dynamic ? 1 : maxBatch)), dynamic ? 1 : maxBatch)));
+  const warm = dynamic ? 1 : maxBatch;
+  await Promise.all(runners.map((run) => run(new Float32Array(itemSize * warm), warm)));
 
   const batcher = new Batcher(runners, {
     itemSize,
@@ -119,7 +179,7 @@ export async function loadServedModel(o: ServeModelOptions, log: Logger): Promis
     detector,
     async close() {
       await batcher.close();
-      await release();
+      release();
     },
   };
 }

@@ -60,7 +60,7 @@ export function startProcess(cmd: string[], opts: { cwd?: string; env?: Record<s
   const exited = proc.exited.then(async () => {
     live.delete(pid);
     await pumps.catch(() => {});
-    return proc.exitCode ?? 128 + (proc.signalCode ? signalNumber(proc.signalCode) : 0);
+    return proc.exitCode ?? 128 + (proc.signalCode ? signalNumber(String(proc.signalCode)) : 0);
   });
   let done = false;
   void exited.then(() => {

@@ -5,7 +5,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { freePort } from "./ports.ts";
-import { startProcess, type Child } from "./process.ts";
+import { startProcess } from "./process.ts";
 
 // Debian's python has `gi`; a python3 found first on PATH (pyenv, venv) may not.
 const PYTHON = "/usr/bin/python3";
@@ -60,4 +60,3 @@ export async function stopAllRtspServers(): Promise<void> {
   await Promise.all([...running].map((s) => s.stop()));
 }
 
-export type { Child };

@@ -1,6 +1,7 @@
 /**
- * Tiny ONNX models written byte by byte (protobuf), for lifecycle, metrics
- * and HTTP tests: they take a 1×3×32×32 float tensor and answer in a
+ * Support for the lifecycle, metrics and HTTP tests: a small pipeline run
+ * in-process with its HTTP server, and tiny ONNX models written byte by
+ * byte (protobuf). The models take a 1×3×32×32 float tensor and answer in a
  * microsecond with a YOLOv5-shaped output (1×96×32: 96 candidates, 27
  * classes) made from the pixels, so hundreds of frames run in a test.
  *
@@ -9,7 +10,20 @@
  *   real frame: a Gather indexed by 10 × the brightest pixel goes out of range.
  * - `smallInputModel()`: takes 1×3×16×16, so frames of 32×32 do not fit.
  */
-import { writeFile } from "node:fs/promises";
+import { rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Executor } from "../runtime/executor.ts";
+import { startHttpServer, type HttpServer } from "../runtime/http/server.ts";
+import { MemoryBus } from "../runtime/memory-bus.ts";
+import type { Message } from "../runtime/message.ts";
+import type { PipelineSummary } from "../runtime/stats.ts";
+import { StatusView, type ProcessStatus } from "../runtime/status.ts";
+import { repoRoot } from "./support/paths.ts";
+import { captureLog, parse, registryWith, type CapturedLog } from "./support/pipeline.ts";
+import { collected, testOperators } from "./support/test-operators.ts";
+
+export const CLIP = join(repoRoot, "pipelines/media/vtest.mp4");
+export const TOKEN = "test-token-0123456789abcdef";
 
 const enc = new TextEncoder();
 
@@ -107,7 +121,82 @@ export function smallInputModel(): Uint8Array {
 
 /** Writes a model to `path` (via a temporary file and a rename, as a deploy would). */
 export async function writeModel(path: string, model: Uint8Array): Promise<void> {
-  const { rename } = await import("node:fs/promises");
   await writeFile(`${path}.part`, model);
   await rename(`${path}.part`, path);
+}
+
+let runs = 0;
+
+/**
+ * The looped sample clip at 64×48 → 32×32 letterbox → 2 ms pacing →
+ * infer-onnx (`detect`, with these options) → nms (unless `nms: false`) → a
+ * collecting sink.
+ */
+export function tinyPipeline(detect: Record<string, unknown>, o: { nms?: boolean; key: string }): string {
+  return `
+name: tiny
+stages:
+  - id: cam
+    use: ingest
+    with: { url: "${CLIP}", width: 64, height: 48, loop: true }
+  - id: prep
+    use: resize
+    with: { width: 32, height: 32, mode: letterbox }
+  - id: pace
+    use: test-slow
+    with: { ms: 2 }
+  - id: detect
+    use: infer-onnx
+    with: ${JSON.stringify(detect)}
+${o.nms === false ? "" : "  - id: nms\n    use: nms\n    with: { conf: 0.25 }\n"}  - id: out
+    use: test-collect
+    with: { key: ${o.key} }
+`;
+}
+
+export interface TinyRun {
+  exec: Executor;
+  view: StatusView;
+  http: HttpServer;
+  log: CapturedLog;
+  /** What reached the sink so far. */
+  received(): Message[];
+  status(): ProcessStatus;
+  /** POSTs JSON to the server, with the bearer token unless `token` is null. */
+  post(path: string, body?: unknown, token?: string | null): Promise<Response>;
+  /** Stops the sources, drains, stops the server; the run's summary. */
+  stop(): Promise<PipelineSummary>;
+}
+
+/** Runs `tinyPipeline(detect, o)` in this process with an HTTP server (token `TOKEN`) on a free port. */
+export async function startTinyRun(detect: Record<string, unknown>, o: { nms?: boolean; frames?: number } = {}): Promise<TinyRun> {
+  const key = `tiny-${++runs}`;
+  const spec = parse(tinyPipeline(detect, { ...o, key }), await registryWith(...testOperators));
+  const log = captureLog("tiny");
+  const exec = new Executor(spec, new MemoryBus(), { log, frames: o.frames });
+  const view = new StatusView(exec);
+  view.start();
+  const http = await startHttpServer(view, { port: 0, host: "127.0.0.1", token: TOKEN, publicMetrics: true, maxBodyBytes: 4096, liveFps: 5, liveWidth: 640 }, log.child("http"));
+  await exec.start();
+  return {
+    exec,
+    view,
+    http,
+    log,
+    received: () => collected.get(key) ?? [],
+    status: () => view.snapshot(),
+    post: (path, body, token = TOKEN) =>
+      fetch(`${http.url}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...(token === null ? {} : { authorization: `Bearer ${token}` }) },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      }),
+    async stop() {
+      exec.stop("test done");
+      const summary = await exec.done;
+      await http.stop();
+      view.stop();
+      return summary;
+    },
+  };
 }
