@@ -7,6 +7,7 @@
  */
 import * as v from "valibot";
 import { createServer } from "node:net";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import type { Frame } from "../runtime/message.ts";
 import type { SourceInstance, StageContext, TransformInstance } from "../runtime/operator.ts";
@@ -105,6 +106,7 @@ async function perFrame(infer: TransformInstance, frames: Frame[]): Promise<{ me
 
 /** Runs the serve benchmark and returns its markdown section. */
 export async function benchServe(requests = 48, frames = 30): Promise<string> {
+  const loadBefore = loadavg()[0];
   const image = await readBytes(IMAGE);
   const rows: (string | number)[][] = [];
   const byConfig = new Map<string, LoadResult>();
@@ -165,5 +167,7 @@ export async function benchServe(requests = 48, frames = 30): Promise<string> {
       ["**/detect 2 instances / 1 instance** (4 clients)", `**${fmt(twoInst.rps / four.rps, 2)}×** req/s on ${navigator.hardwareConcurrency} cores`],
     ],
   );
-  return `## framewire serve: /detect under load, remote vs in-process inference\n\n${load}\n\n${summary}\n`;
+  // Client, server and anything else running share the cores: the load average says how quiet the machine was.
+  const quiet = `host load average (1 min): ${fmt(loadBefore, 2)} at the start, ${fmt(loadavg()[0], 2)} at the end, on ${navigator.hardwareConcurrency} cores`;
+  return `## framewire serve: /detect under load, remote vs in-process inference\n\n${load}\n\n${summary}\n\n${quiet}\n`;
 }

@@ -285,6 +285,8 @@ export default defineOperator({
           { name: "dispatch_frames_total", help: "Frames a variant ran.", type: "counter", value: s.frames, labels: { variant: s.id } },
           { name: "dispatch_failures_total", help: "Frames a variant failed (each then tried the next).", type: "counter", value: s.failures, labels: { variant: s.id } },
           { name: "dispatch_inflight", help: "Frames running on a variant now.", type: "gauge", value: s.load.inflight, labels: { variant: s.id } },
+          // The variant's own metrics (retries of infer-triton, ...), told apart by variant.
+          ...(s.instance?.metrics?.() ?? []).map((m) => ({ ...m, labels: { ...m.labels, variant: s.id } })),
         ]),
       async close() {
         closed = true;

@@ -56,8 +56,9 @@ export function makePlan(sw: number, sh: number, W: number, H: number, mode: "le
     const r = Math.min(W / sw, H / sh);
     nw = Math.round(sw * r);
     nh = Math.round(sh * r);
-    padX = Math.round((W - nw) / 2 - 0.1);
-    padY = Math.round((H - nh) / 2 - 0.1);
+    // As YOLOv5: round((pad - 0.1)); max() keeps -0 out when there is no pad.
+    padX = Math.max(0, Math.round((W - nw) / 2 - 0.1));
+    padY = Math.max(0, Math.round((H - nh) / 2 - 0.1));
   }
   const xs = axis(sw, nw, 3);
   const ys = axis(sh, nh, sw * 3);

@@ -54,7 +54,8 @@ export type NatsConfig = Omit<v.InferOutput<typeof NatsBusSchema>, "url">;
 /** The file's top level; each stage's `with` is checked by its operator's schema. */
 export const PipelineSchema = v.strictObject({
   name: v.pipe(v.string(), v.regex(/^[A-Za-z][\w-]*$/, "expected a name of letters, digits, _ and -")),
-  bus: v.optional(v.union([v.string(), NatsBusSchema]), "memory"),
+  /** "memory", a NATS URL, or an object checked by NatsBusSchema (so its errors point inside it). */
+  bus: v.optional(v.union([v.string(), v.record(v.string(), v.unknown())]), "memory"),
   stages: v.pipe(v.array(StageSchema), v.minLength(1, "expected at least one stage")),
   /** This process's HTTP server (health, metrics, status, live page, model control); off unless given. */
   http: v.optional(HttpSchema),
@@ -132,6 +133,13 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
     throw fail();
   }
   const p = top.output;
+  let bus: v.InferOutput<typeof NatsBusSchema> = { url: "memory" };
+  if (typeof p.bus === "string") bus.url = p.bus;
+  else {
+    const r = v.safeParse(NatsBusSchema, p.bus, { abortEarly: false });
+    if (r.success) bus = r.output;
+    else for (const i of r.issues) reportIssue(doc, at, i, ["bus"], NatsBusSchema);
+  }
 
   // Per-stage: operator exists, options valid, ids unique.
   const seen = new Set<string>();
@@ -174,7 +182,7 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
   });
   if (!stages.some((s) => s.def.kind === "source")) reportAt(doc, at, ["stages"], "no source stage: the pipeline would never receive a frame");
   if (issues.length) throw fail();
-  const { url, ...nats } = typeof p.bus === "string" ? { url: p.bus } : p.bus;
+  const { url, ...nats } = bus;
   return { name: p.name, file, bus: url, ...(typeof p.bus === "object" ? { nats } : {}), stages, ...(p.http ? { http: p.http } : {}) };
 }
 

@@ -42,7 +42,7 @@ export interface CanaryPolicy {
   minConfidenceRatio?: number;
 }
 
-export const DEFAULT_CANARY: CanaryPolicy = { share: 0.1, frames: 200, maxErrorRate: 0.01 };
+const DEFAULT_CANARY: CanaryPolicy = { share: 0.1, frames: 200, maxErrorRate: 0.01 };
 
 /** A reload request failed: the running versions are untouched. */
 export class ModelLoadError extends Error {

@@ -17,7 +17,7 @@ export class PayloadTooLargeError extends Error {
     super(
       `message on ${subject} is ${size} bytes but the NATS server's max_payload is ${limit}: ` +
         "raise max_payload in the server config (pipelines/nats/*.conf set 8MB), scale frames down in ingest (width/height), " +
-        "or keep the stages that exchange large tensors in one process",
+        "keep the stages that exchange tensors in one process, or send JPEG (link: { encoding: jpeg }) on links before resize",
     );
   }
 }

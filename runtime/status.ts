@@ -181,24 +181,6 @@ export class StatusView {
         ...(st.lastError ? { lastError: st.lastError } : {}),
       };
     });
-    const streams = live
-      .filter((s) => s.kind === "source")
-      .map((s): StreamStatus => {
-        const ms = s.instance.metrics?.() ?? [];
-        const value = (name: string) => {
-          const m = ms.find((x) => x.name === name);
-          return m && m.type !== "histogram" ? m.value : null;
-        };
-        const connected = value("source_connected");
-        return {
-          stream: ms.find((m) => m.labels?.stream)?.labels?.stream ?? s.id,
-          stage: s.id,
-          frames: s.stats.sent,
-          fps: round(this.fps(s.id)),
-          connected: connected === null ? null : connected > 0,
-          reconnects: value("source_reconnects_total"),
-        };
-      });
     const nats = this.natsBus();
     return {
       pipeline: exec.spec.name,
@@ -217,11 +199,34 @@ export class StatusView {
       load: hostLoad.latest,
       stages,
       pipelineStages: exec.spec.stages.map((s) => s.id),
-      streams,
+      streams: this.streams(),
       models: live.flatMap((s) => (s.instance.models ? [s.instance.models.status()] : [])),
       routing: exec.routing(),
       overlays: overlaysOf(exec),
     };
+  }
+
+  /** One stream per local source, named by its metrics' `stream` label (ingest's `source_*` metrics), else by the stage. */
+  streams(): StreamStatus[] {
+    return this.exec
+      .live()
+      .filter((s) => s.kind === "source")
+      .map((s): StreamStatus => {
+        const ms = s.instance.metrics?.() ?? [];
+        const value = (name: string) => {
+          const m = ms.find((x) => x.name === name);
+          return m && m.type !== "histogram" ? m.value : null;
+        };
+        const connected = value("source_connected");
+        return {
+          stream: ms.find((m) => m.labels?.stream)?.labels?.stream ?? s.id,
+          stage: s.id,
+          frames: s.stats.sent,
+          fps: round(this.fps(s.id)),
+          connected: connected === null ? null : connected > 0,
+          reconnects: value("source_reconnects_total"),
+        };
+      });
   }
 
   /** Each stage's own metrics (operator `metrics()`), with its stage id. */

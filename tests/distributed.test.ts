@@ -139,6 +139,29 @@ describe("a pipeline split across processes", () => {
     expect(edge.stderr()).toContain("retrying on another worker");
   }, 90_000);
 
+  test("bus: as an object with credentials, and a JPEG link from the camera side", async () => {
+    const auth = await startNatsServer({ extra: "authorization { users: [ { user: cam, password: s3cret } ] }" });
+    const out = join(dir.path, "jpeg.jsonl");
+    const file = join(dir.path, "jpeg.yaml");
+    const text = PIPELINE(out)
+      .replace("name: split\n", `name: split\nbus: { url: "${auth.url}", user: cam, password: "\${PW}" }\n`)
+      .replace("    placement: edge\n", "    placement: edge\n    link: { encoding: jpeg, quality: 90 }\n");
+    await writeFile(file, text);
+    const env = { PW: "s3cret" };
+    const cloud = startProcess(["bun", "runtime/cli.ts", "run", file, "--stages", "prep,detect,nms"], { cwd: repoRoot, env });
+    const edge = startProcess(["bun", "runtime/cli.ts", "run", file, "--stages", "cam,results", "--frames", "12"], { cwd: repoRoot, env });
+    children.push(cloud, edge);
+    await succeeds(edge, "the camera process");
+    await succeeds(cloud, "the inference process");
+    const got = (await results(out)).map((l) => JSON.parse(l));
+    const want = reference.map((l) => JSON.parse(l));
+    expect(got.map((r) => r.seq)).toEqual(want.map((r) => r.seq));
+    // JPEG q90 moves scores and boxes a little; the detections stay about the same.
+    const count = (rs: { detections: unknown[] }[]) => rs.reduce((a, r) => a + r.detections.length, 0);
+    expect(Math.abs(count(got) - count(want))).toBeLessThanOrEqual(count(want) * 0.15);
+    await auth.dispose();
+  }, 60_000);
+
   test("a message over the server's max_payload: a clear error naming the limit and the fix, then exit", async () => {
     const small = await startNatsServer({ maxPayload: "1MB" });
     const { file } = await pipelineFile("big");

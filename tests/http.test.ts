@@ -10,9 +10,12 @@ import * as v from "valibot";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { modelVersion } from "../operators/infer-onnx.ts";
+import { ConfigError } from "../runtime/errors.ts";
+import { httpOptions } from "../runtime/http/options.ts";
 import { CLIP, scaledModel, TOKEN } from "./lifecycle-support.ts";
 import { scrape, startPipelineProcess, type PipelineProcess } from "./support/http.ts";
 import { tempDir } from "./support/paths.ts";
+import { parse, parseError, registryWith } from "./support/pipeline.ts";
 import { freePort } from "./support/ports.ts";
 import { startRtspServer, stopAllRtspServers, type RtspServer } from "./support/rtsp.ts";
 import { sleep, until } from "./support/wait.ts";
@@ -182,5 +185,34 @@ describe("security settings", () => {
     // The page itself holds no data: it loads, then asks for the token.
     expect((await fetch(`${p.url}/`)).status).toBe(200);
     expect(await p.child.stop(10_000)).toBe(0);
+  });
+});
+
+describe("the http: key and --http-port", () => {
+  const file = (http: string) => `
+name: keyed
+stages:
+  - id: cam
+    use: ingest
+    with: { url: "${CLIP}" }
+  - id: out
+    use: sink-log
+${http}`;
+
+  test("defaults fill in; the flag overrides the file's port or switches the server on", async () => {
+    const spec = parse(file(`http: { port: 9464, token: "${TOKEN}" }`), await registryWith());
+    expect(spec.http).toEqual({ port: 9464, host: "127.0.0.1", token: TOKEN, publicMetrics: true, maxBodyBytes: 65536, liveFps: 5, liveWidth: 640 });
+    expect(httpOptions(spec.http, "0")).toMatchObject({ port: 0, token: TOKEN });
+    expect(httpOptions(undefined, "8080")).toEqual({ port: 8080, host: "127.0.0.1", publicMetrics: true, maxBodyBytes: 65536, liveFps: 5, liveWidth: 640 });
+    expect(httpOptions(undefined, undefined)).toBeUndefined();
+    expect(() => httpOptions(undefined, "80a")).toThrow(ConfigError);
+    expect(() => httpOptions(undefined, "70000")).toThrow("--http-port: expected a port number 0..65535");
+  });
+
+  test("mistakes are reported with line and path", async () => {
+    const reg = await registryWith();
+    expect(parseError(file("http: { port: 9464, tls: true }"), reg).message).toContain("test.yaml:9:21: http.tls: unknown key (allowed: port, host, token, publicMetrics, maxBodyBytes, liveFps, liveWidth)");
+    expect(parseError(file('http: { port: 9464, token: "short" }'), reg).message).toContain("http.token: expected a token of at least 16 characters");
+    expect(parseError(file("http: { host: 0.0.0.0 }"), reg).message).toContain("http.port: required field is missing");
   });
 });

@@ -107,6 +107,7 @@ describe("/metrics", () => {
       expect(m.value("framewire_ready")).toBe(1);
       expect(m.value("framewire_source_connected", { stream: "cam" })).toBe(1);
       for (const stage of ["cam", "prep", "detect", "nms", "out"]) expect(m.value("framewire_stage_frames_per_second", { stage })).toBeGreaterThan(0);
+      expect(m.value("framewire_stream_frames_per_second", { stream: "cam" })).toBeGreaterThan(0);
     } finally {
       await run.stop();
     }

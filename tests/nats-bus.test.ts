@@ -10,7 +10,8 @@ import { startNatsServer, stopAllNatsServers, type NatsServer } from "./support/
 import { tempDir } from "./support/paths.ts";
 import { freePort } from "./support/ports.ts";
 import { startProcess } from "./support/process.ts";
-import { captureLog, type CapturedLog } from "./support/pipeline.ts";
+import { loadRegistry } from "../runtime/registry.ts";
+import { captureLog, parse, parseError, type CapturedLog } from "./support/pipeline.ts";
 import { until } from "./support/wait.ts";
 
 let server: NatsServer;
@@ -221,3 +222,44 @@ async function makeCertificates(dir: string): Promise<void> {
     if ((await p.exited) !== 0) throw new Error(`${cmd.join(" ")} failed: ${p.stderr()}`);
   }
 }
+
+describe("bus: in the pipeline file", () => {
+  const stages = `
+stages:
+  - id: cam
+    use: ingest
+    with: { url: "rtsp://cam/1" }
+    link: { encoding: jpeg, quality: 70 }
+  - id: out
+    use: sink-log`;
+
+  test("an object gives the URL, credentials, TLS files and the reconnect buffer; link sets a stage's wire encoding", async () => {
+    const spec = parse(
+      `name: b
+bus:
+  url: \${NATS_URL}
+  user: cam
+  password: \${NATS_PASSWORD}
+  tls: { ca: /etc/nats/ca.pem }
+  reconnectBufferMB: 16${stages}`,
+      await loadRegistry(),
+      { NATS_URL: "tls://hub:4222", NATS_PASSWORD: "s3cret" },
+    );
+    expect(spec.bus).toBe("tls://hub:4222");
+    expect(spec.nats).toEqual({ user: "cam", password: "s3cret", tls: { ca: "/etc/nats/ca.pem" }, reconnectBufferMB: 16 });
+    expect(spec.stages[0].link).toEqual({ encoding: "jpeg", quality: 70 });
+    expect(spec.stages[1].link).toBeUndefined();
+  });
+
+  test("mistakes inside the object are reported at their line and path", async () => {
+    const err = parseError(
+      `name: b
+bus:
+  url: http://hub
+  tls: { ca: ca.pem, pem: x }${stages}`,
+      await loadRegistry(),
+    );
+    expect(err.message).toContain("test.yaml:3:8: bus.url: expected a nats:// or tls:// URL");
+    expect(err.message).toContain("bus.tls.pem: unknown key (allowed: ca, cert, key)");
+  });
+});

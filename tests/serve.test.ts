@@ -226,6 +226,12 @@ describe("framewire serve: start and stop", () => {
     expect(child.stderr()).toContain("--preferred-batch: expected sizes like 4,8,16");
   });
 
+  test("a port already in use is a clear error", async () => {
+    const child = startProcess(["bun", join(repoRoot, "runtime/cli.ts"), "serve", "--model", modelFile, "--port", String(server.port)]);
+    expect(await child.exited).toBe(2);
+    expect(child.stderr()).toContain(`error: cannot listen on 127.0.0.1:${server.port}`);
+  });
+
   test("SIGTERM drains and exits 0", async () => {
     const s = await startServe(["--model", modelFile]);
     expect(await s.stop()).toBe(0);

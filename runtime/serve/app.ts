@@ -138,9 +138,11 @@ export async function createServeApp(o: AppOptions): Promise<ServeApp> {
   };
   const ctx = (stage: string) => ({ stage, pipeline: "serve", log: log.child(stage), signal: new AbortController().signal });
   const nmsDef = transform("nms");
+  const resizeDef = transform("resize");
+  const { detector } = model;
   const resize: TransformInstance | undefined =
-    "width" in model.detector
-      ? await transform("resize").create(v.parse(transform("resize").options, { width: model.detector.width, height: model.detector.height, mode: "letterbox" }), ctx("resize"))
+    "width" in detector
+      ? await resizeDef.create(v.parse(resizeDef.options, { width: detector.width, height: detector.height, mode: "letterbox" }), ctx("resize"))
       : undefined;
   const decoders = new Slots(o.decoders, o.maxWaiting);
   const app = new Hono();
@@ -241,7 +243,7 @@ export async function createServeApp(o: AppOptions): Promise<ServeApp> {
   }
 
   app.post("/detect", bodyLimit({ maxSize: o.maxImageBytes, onError: tooLarge(o.maxImageBytes) }), async (c) => {
-    if (!resize) throw new HttpError(404, (model.detector as { unavailable: string }).unavailable);
+    if (!resize) throw new HttpError(404, "unavailable" in detector ? detector.unavailable : "POST /detect is not available");
     notReady();
     const t0 = performance.now();
     const query = v.safeParse(DetectQuery, c.req.query());

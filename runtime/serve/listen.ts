@@ -3,6 +3,7 @@
  * has no server yet; this is the one place `framewire serve` touches a
  * runtime-specific API, shaped so it can move there unchanged.
  */
+import { ConfigError } from "../errors.ts";
 
 export interface Listener {
   /** The bound port (the one asked for, or the one picked for port 0). */
@@ -27,6 +28,7 @@ declare const Deno: {
 };
 
 /**
+ * @throws ConfigError when the address cannot be bound (port taken, no such interface).
  * @example
  * const l = listen(app.fetch, { hostname: "127.0.0.1", port: 8000, maxRequestBodySize: 512 << 20 });
  * await l.stop();
@@ -36,13 +38,18 @@ export function listen(fetch: (req: Request) => Response | Promise<Response>, o:
     const server = Deno.serve({ hostname: o.hostname, port: o.port, onListen: () => {} }, fetch);
     return { port: server.addr.port, stop: () => server.shutdown() };
   }
-  const server = Bun.serve({
-    hostname: o.hostname,
-    port: o.port,
-    fetch,
-    maxRequestBodySize: o.maxRequestBodySize,
-    // Seconds a connection may sit silent; a request can wait in a deep queue or return a large JSON tensor.
-    idleTimeout: 120,
-  });
+  let server: ReturnType<typeof Bun.serve>;
+  try {
+    server = Bun.serve({
+      hostname: o.hostname,
+      port: o.port,
+      fetch,
+      maxRequestBodySize: o.maxRequestBodySize,
+      // Seconds a connection may sit silent; a request can wait in a deep queue or return a large JSON tensor.
+      idleTimeout: 120,
+    });
+  } catch (err) {
+    throw new ConfigError(`cannot listen on ${o.hostname}:${o.port}: ${(err as Error).message}`);
+  }
   return { port: server.port ?? o.port, stop: () => server.stop(true) };
 }
