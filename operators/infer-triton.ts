@@ -124,8 +124,8 @@ class KServeClient {
         const res = await fetch(`${this.base}${this.modelPath()}/ready`, { signal: AbortSignal.timeout(this.o.timeout * 1000) });
         if (res.ok) return;
         why = `HTTP ${res.status}: ${await errorText(res)}`;
-        // A server that says the model does not exist will not grow it by waiting.
-        if (res.status === 404) throw new ConfigError(`model ${this.o.model} is not on ${this.base} (${why})`);
+        // A server that says the model does not exist will not grow it by waiting (Triton answers 400 "unknown model").
+        if (res.status === 404 || (res.status === 400 && /unknown model/i.test(why))) throw new ConfigError(`model ${this.o.model} is not on ${this.base} (${why})`);
       } catch (err) {
         if (err instanceof ConfigError) throw err;
         why = (err as Error).message;

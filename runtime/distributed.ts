@@ -73,7 +73,7 @@ interface Flight {
 }
 
 export interface DispatcherOptions {
-  /** How long a worker may take to answer before the message is tried elsewhere. */
+  /** How long a worker may take to answer before the message is tried elsewhere (default 30 s). */
   timeoutMs?: number;
   /** How the link encodes frames (the producing stage's `link`). */
   wire?: WireOptions;
@@ -115,7 +115,8 @@ export class Dispatcher {
     private log: Logger,
     private opts: DispatcherOptions = {},
   ) {
-    this.timeoutMs = opts.timeoutMs ?? 10_000;
+    // Long enough for a busy worker's queue (the answer comes after processing); a dead one is noticed sooner by its adverts.
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
     if (stage.route === "queue") this.subject = queueSubject(pipeline, stage.id);
     this.sub = bus.subscribeJson(loadSubject(pipeline, stage.id), (value) => {
       const r = v.safeParse(Advert, value);

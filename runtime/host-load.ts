@@ -120,7 +120,9 @@ export class HostLoad {
     this.gpuBusy = true;
     try {
       const proc = spawn(this.nvidiaSmi, ["--query-gpu=index,name,utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"]);
-      const [text, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+      // A driver that hangs must not stop sampling for good.
+      const timer = setTimeout(() => proc.kill("SIGKILL"), GPU_INTERVAL_MS * 2);
+      const [text, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]).finally(() => clearTimeout(timer));
       const gpus = code === 0 ? parseNvidiaSmi(text) : [];
       this.latest = { ...this.latest, gpus: gpus.length ? gpus : null };
     } catch {

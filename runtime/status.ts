@@ -7,6 +7,7 @@
  */
 import * as v from "valibot";
 import { hostname } from "node:os";
+import { pid } from "node:process";
 import { parseArgs } from "node:util";
 import type { Subscription } from "./bus.ts";
 import { Advert } from "./distributed.ts";
@@ -186,7 +187,7 @@ export class StatusView {
       pipeline: exec.spec.name,
       worker: exec.workerId,
       host: hostname(),
-      pid: process.pid,
+      pid,
       runtime: runtimeName,
       startedAt: this.startedAt.toISOString(),
       uptimeS: round((Date.now() - this.startedAt.getTime()) / 1000, 1),

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { resolveFfmpeg } from "../runtime/ffmpeg.ts";
 import type { Frame } from "../runtime/message.ts";
@@ -83,7 +84,7 @@ describe("ingest from files", () => {
 
   test("a file ffmpeg cannot read fails with ffmpeg's reason", async () => {
     const bogus = join(tmp.path, "not-a-video.mp4");
-    await Bun.write(bogus, "this is not a video\n");
+    await writeFile(bogus, "this is not a video\n");
     const src = await makeSource("ingest", { url: bogus });
     await expect(src.instance.run(async () => {}, src.abort.signal)).rejects.toThrow(/ffmpeg could not read .*not-a-video\.mp4 \(exit \d+\)/);
   });

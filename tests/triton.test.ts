@@ -100,6 +100,7 @@ describe("infer-triton against a server that speaks like Triton", () => {
     expected = bus.tensor!.data;
     const app = new Hono();
     app.get("/v2/models/yolo_trt/ready", (c) => c.body(null, 200));
+    app.get("/v2/models/:name/ready", (c) => c.json({ error: `Request for unknown model: '${c.req.param("name")}' is not found` }, 400));
     app.get("/v2/models/yolo_trt", (c) =>
       c.json({
         name: "yolo_trt",
@@ -142,6 +143,12 @@ describe("infer-triton against a server that speaks like Triton", () => {
       d.box.forEach((x, k) => expect(Math.abs(x - want[i].box[k])).toBeLessThan(2));
     });
     await made.instance.close?.();
+  });
+
+  test("Triton's 400 for an unknown model fails the stage at once (no waiting for startTimeout)", async () => {
+    const err = await failure(makeTransform("infer-triton", { url: `http://127.0.0.1:${stub.port}`, model: "yolo_fp32", startTimeout: 600 }));
+    expect(err).toBeInstanceOf(ConfigError);
+    expect(err.message).toBe(`model yolo_fp32 is not on http://127.0.0.1:${stub.port} (HTTP 400: Request for unknown model: 'yolo_fp32' is not found)`);
   });
 
   test("503s are retried with backoff; the retries show in the stage's metrics", async () => {

@@ -50,6 +50,8 @@ const dimOf = (d: number | string) => (typeof d === "number" && d > 0 ? d : -1);
 /** A worker thread holding one session; it runs one batch at a time (the batcher never sends it more). */
 class Instance {
   private pending?: { resolve(r: { data: Float32Array; dims: number[] }): void; reject(e: Error): void };
+  /** Set once the worker crashed or was closed: later runs fail at once instead of waiting forever. */
+  private gone?: Error;
 
   private constructor(
     private worker: Worker,
@@ -57,7 +59,10 @@ class Instance {
     private log: Logger,
   ) {
     worker.onmessage = (e: MessageEvent<FromInstance>) => this.receive(e.data);
-    worker.onerror = (e) => this.settle(undefined, new Error(`model instance crashed: ${e.message}`));
+    worker.onerror = (e) => {
+      this.gone = new Error(`model instance crashed: ${e.message}`);
+      this.settle(undefined, this.gone);
+    };
   }
 
   /**
@@ -83,6 +88,7 @@ class Instance {
   }
 
   run(input: Float32Array, dims: number[]): Promise<{ data: Float32Array; dims: number[] }> {
+    if (this.gone) return Promise.reject(this.gone);
     return new Promise((resolve, reject) => {
       this.pending = { resolve, reject };
       // Cloned, not transferred: the input may be a view into a request body other code still holds.
@@ -92,7 +98,8 @@ class Instance {
 
   close(): void {
     this.worker.terminate();
-    this.settle(undefined, new Error("model instance closed"));
+    this.gone = new Error("model instance closed");
+    this.settle(undefined, this.gone);
   }
 
   private receive(m: FromInstance): void {

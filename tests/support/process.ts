@@ -2,12 +2,14 @@
  * Child processes for tests: output collected as text, waiting for a line,
  * stopping by PID with a grace period. Every child is tracked, so one left
  * running by a failed test is killed when the test process exits.
+ * node:child_process, so the same helpers run under `bun test` and `deno test`.
  */
-import type { Subprocess } from "bun";
+import { spawn, type ChildProcessByStdio } from "node:child_process";
+import type { Readable } from "node:stream";
 
 export interface Child {
   readonly pid: number;
-  readonly proc: Subprocess<"ignore", "pipe", "pipe">;
+  readonly proc: ChildProcessByStdio<null, Readable, Readable>;
   /** Everything written so far. */
   stdout(): string;
   stderr(): string;
@@ -35,13 +37,14 @@ function killQuietly(pid: number, signal: NodeJS.Signals): void {
 }
 
 export function startProcess(cmd: string[], opts: { cwd?: string; env?: Record<string, string | undefined> } = {}): Child {
-  const proc = Bun.spawn(cmd, {
-    cwd: opts.cwd,
-    env: opts.env ? { ...process.env, ...opts.env } : undefined,
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
+  // Undefined values unset a variable, as they did with Bun.spawn.
+  const env = opts.env ? Object.fromEntries(Object.entries({ ...process.env, ...opts.env }).filter((e): e is [string, string] => e[1] !== undefined)) : undefined;
+  const proc = spawn(cmd[0], cmd.slice(1), { cwd: opts.cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+  // No PID: it could not start (not on PATH, not executable); a throw here, as Bun.spawn did.
+  if (proc.pid === undefined) {
+    proc.once("error", () => {});
+    throw new Error(`cannot start ${cmd[0]}: not found or not executable`);
+  }
   const pid = proc.pid;
   live.add(pid);
   const text = { out: "", err: "" };
@@ -49,19 +52,22 @@ export function startProcess(cmd: string[], opts: { cwd?: string; env?: Record<s
   const notify = () => {
     for (const l of [...listeners]) l();
   };
-  const pump = async (stream: ReadableStream<Uint8Array>, key: "out" | "err") => {
+  const pump = (stream: Readable, key: "out" | "err") => {
     const dec = new TextDecoder();
-    for await (const chunk of stream) {
+    stream.on("data", (chunk: Uint8Array) => {
       text[key] += dec.decode(chunk, { stream: true });
       notify();
-    }
+    });
   };
-  const pumps = Promise.all([pump(proc.stdout, "out"), pump(proc.stderr, "err")]);
-  const exited = proc.exited.then(async () => {
-    live.delete(pid);
-    await pumps.catch(() => {});
-    return proc.exitCode ?? 128 + (proc.signalCode ? signalNumber(String(proc.signalCode)) : 0);
-  });
+  pump(proc.stdout, "out");
+  pump(proc.stderr, "err");
+  // "close" comes once the process has exited and both pipes have ended, so all output is in.
+  const exited = new Promise<number>((resolve) =>
+    proc.once("close", (code, sig) => {
+      live.delete(pid);
+      resolve(code ?? 128 + (sig ? signalNumber(sig) : 0));
+    }),
+  );
   let done = false;
   void exited.then(() => {
     done = true;
