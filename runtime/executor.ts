@@ -353,20 +353,36 @@ export class Executor {
       this.accepting.clear();
     }
     const deadline = performance.now() + (this.opts.drainTimeoutMs ?? 30_000);
+    // A stage has finished once every stage feeding it has and nothing is in flight here: local ones as
+    // announced below (sources once stopped), remote ones by their end of stream. Announcing each as it
+    // finishes lets other processes finish theirs, which results from remote stages may be waiting for.
+    const announced = new Set<string>();
+    const finished = (id: string) => announced.has(id) || (!this.local.has(id) && !!this.eos?.finished(id));
+    const ready = (spec: StageSpec) =>
+      spec.inputs.every((subject) => this.spec.stages.every((p) => p.def.kind === "sink" || !subjectMatches(subject, p.output) || finished(p.id)));
+    const announce = (st: RunningStage) => {
+      if (st.spec.def.kind === "sink" || announced.has(st.spec.id)) return;
+      announced.add(st.spec.id);
+      this.eos?.announce(st.spec.id, this.workerId);
+    };
     // Two idle observations in a row: a publish may be between stages for one tick.
     let calm = 0;
-    while (calm < 2 || (this.remote && performance.now() - this.lastRemote < 200)) {
+    for (;;) {
       if (performance.now() > deadline) {
         this.log.warn("drain timed out; closing stages with messages still in flight");
         break;
       }
       calm = this.idle() ? calm + 1 : 0;
+      if (calm >= 2 && !(this.remote && performance.now() - this.lastRemote < 200)) {
+        for (const st of this.stages) if (ready(st.spec)) announce(st);
+        if (this.stages.every((st) => ready(st.spec))) break;
+      }
       await new Promise((r) => setTimeout(r, 5));
     }
     for (const t of this.timers) clearInterval(t);
     for (const st of this.stages) {
       st.inbox?.close();
-      if (st.spec.def.kind !== "sink") this.eos?.announce(st.spec.id, this.workerId);
+      announce(st);
     }
     for (const d of this.dispatchers) d.close();
     this.eos?.close();

@@ -155,7 +155,6 @@ describe("a pipeline split across processes", () => {
     await succeeds(cloud, "the inference process");
     const got = (await results(out)).map((l) => JSON.parse(l));
     const want = reference.map((l) => JSON.parse(l));
-    console.error("DEBUG", edge.stderr(), edge.stdout(), cloud.stderr(), cloud.stdout(), got.map((r) => r.seq));
     expect(got.map((r) => r.seq)).toEqual(want.map((r) => r.seq));
     // JPEG q90 moves scores and boxes a little; the detections stay about the same.
     const count = (rs: { detections: unknown[] }[]) => rs.reduce((a, r) => a + r.detections.length, 0);

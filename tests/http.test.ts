@@ -12,8 +12,9 @@ import { join } from "node:path";
 import { modelVersion } from "../operators/infer-onnx.ts";
 import { ConfigError } from "../runtime/errors.ts";
 import { httpOptions } from "../runtime/http/options.ts";
+import { isJpeg } from "../runtime/jpeg.ts";
 import { CLIP, scaledModel, TOKEN } from "./lifecycle-support.ts";
-import { scrape, startPipelineProcess, type PipelineProcess } from "./support/http.ts";
+import { readLiveRecords, scrape, startPipelineProcess, type PipelineProcess } from "./support/http.ts";
 import { tempDir } from "./support/paths.ts";
 import { parse, parseError, registryWith } from "./support/pipeline.ts";
 import { freePort } from "./support/ports.ts";
@@ -134,6 +135,20 @@ describe("a camera process", () => {
     expect(s.stages.map((x) => x.id)).toEqual(["cam", "prep", "detect", "nms", "out"]);
     expect(s.streams[0]).toMatchObject({ stream: "cam", connected: true });
     expect(s.models[0]).toMatchObject({ stage: "detect", active: { model: "tiny.onnx", version: await modelVersion(model), provider: "cpu" } });
+  });
+
+  test("the live feed: JPEG previews with their detections, several frames", async () => {
+    const res = await fetch(`${proc.url}/api/live`);
+    expect(res.headers.get("content-type")).toBe("application/x-framewire-live");
+    const records = await readLiveRecords(res.body!, (r) => r.filter((x) => x.header.type === "frame").length >= 3);
+    const frames = records.filter((r) => r.header.type === "frame");
+    for (const f of frames) {
+      expect(isJpeg(f.jpeg)).toBe(true);
+      expect(f.header).toMatchObject({ stream: "cam", width: 64, height: 48, jpegWidth: 64, jpegHeight: 48 });
+      expect(Array.isArray(f.header.detections)).toBe(true);
+    }
+    const seqs = frames.map((f) => f.header.seq as number);
+    expect(seqs[2]).toBeGreaterThan(seqs[0]);
   });
 
   test("control requests need the bearer token", async () => {

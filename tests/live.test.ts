@@ -95,6 +95,8 @@ describe.skipIf(!browserPath)("live page", () => {
     // The counting line's chip shows under the preview.
     await page.waitForFunction(() => document.querySelector("[data-stream=cam] .counts").textContent.includes("entrance"), undefined, { timeout: 10_000 });
 
+    // Rates need two samples a second apart: wait for them, so the screenshot shows them.
+    await page.waitForFunction(() => Number(document.querySelector("#stages tbody tr:nth-child(3) td:nth-child(2)").textContent) > 0, undefined, { timeout: 10_000 });
     await mkdir(join(repoRoot, ".tmp"), { recursive: true });
     await page.screenshot({ path: SCREENSHOT });
     expect(errors).toEqual([]);

