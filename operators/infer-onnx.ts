@@ -1,18 +1,14 @@
 import * as v from "valibot";
-import * as ort from "onnxruntime-node";
-import { createHash } from "node:crypto";
 import { basename } from "node:path";
 import { ConfigError } from "../runtime/errors.ts";
 import { hostLoad } from "../runtime/host-load.ts";
 import { awaitDetections, confidenceOf, RotatingLog, type InferenceRecord } from "../runtime/inference-log.ts";
 import type { Frame, Predictions, Tensor } from "../runtime/message.ts";
 import { ModelLifecycle, type ModelVersion, type VersionLoader } from "../runtime/model-lifecycle.ts";
-import { parseClassNames, readOnnxMetadata } from "../runtime/onnx-metadata.ts";
+import { modelVersion, PROVIDERS } from "../runtime/onnx-model.ts";
+import { OnnxThread } from "../runtime/onnx-thread.ts";
 import { defineOperator } from "../runtime/operator.ts";
 import { resolveModel } from "../runtime/paths.ts";
-import { readBytes } from "../runtime/platform.ts";
-
-const PROVIDERS = ["cpu", "cuda", "tensorrt", "webgpu", "dml", "coreml"] as const;
 
 const Options = v.strictObject({
   /** A path, or a file name under models/. */
@@ -62,82 +58,6 @@ const Options = v.strictObject({
   ),
 });
 type Options = v.InferOutput<typeof Options>;
-/** What loading a model needs (callers outside the operator pass just these). */
-type ModelOptions = Pick<Options, "model" | "providers" | "threads" | "names" | "layout">;
-
-export interface LoadedModel {
-  session: ort.InferenceSession;
-  file: string;
-  provider: string;
-  inputName: string;
-  outputName: string;
-  inputDims: readonly (number | string)[];
-  classNames: string[];
-  /** The first 12 hex digits of the file's SHA-256: a new file is a new version. */
-  version: string;
-}
-
-/**
- * The version of a model file: its content hash.
- * @example
- * await modelVersion("models/yolov5n.onnx"); // "3f2a9c1b4d5e"
- */
-export async function modelVersion(fileOrBytes: string | Uint8Array): Promise<string> {
-  const bytes = typeof fileOrBytes === "string" ? await readBytes(fileOrBytes) : fileOrBytes;
-  return createHash("sha256").update(bytes).digest("hex").slice(0, 12);
-}
-
-/**
- * Opens a model with the first execution provider that loads, checks its
- * input type and reads class names from its metadata.
- * @example
- * const m = await loadModel({ model: "yolov5n.onnx", providers: ["cuda", "cpu"], threads: 0, layout: "auto" });
- */
-export async function loadModel(o: ModelOptions, warn: (msg: string) => void = () => {}): Promise<LoadedModel> {
-  const file = resolveModel(o.model);
-  if (!file) throw new ConfigError(`model ${o.model} not found`);
-  const bytes = await readBytes(file);
-  let meta: Record<string, string> = {};
-  try {
-    meta = readOnnxMetadata(bytes);
-  } catch (err) {
-    throw new ConfigError(`${file} is not a readable ONNX model: ${(err as Error).message}`);
-  }
-  const available = new Set(ort.listSupportedBackends().map((b) => b.name));
-  const wanted = [...new Set([...o.providers, "cpu" as const])];
-  let session: ort.InferenceSession | undefined;
-  let provider = "cpu";
-  for (const p of wanted) {
-    if (!available.has(p)) {
-      warn(`execution provider ${p} is not available in this onnxruntime-node build; trying the next`);
-      continue;
-    }
-    try {
-      session = await ort.InferenceSession.create(bytes, {
-        executionProviders: [p],
-        graphOptimizationLevel: "all",
-        ...(o.threads ? { intraOpNumThreads: o.threads } : {}),
-      });
-      provider = p;
-      break;
-    } catch (err) {
-      warn(`execution provider ${p} failed (${(err as Error).message.split("\n")[0]}); trying the next`);
-    }
-  }
-  if (!session) throw new ConfigError(`could not load ${file} with any execution provider`);
-  const input = session.inputMetadata[0];
-  const output = session.outputMetadata[0];
-  if (!input?.isTensor || !output?.isTensor) throw new ConfigError(`${basename(file)}: expected tensor input and output`);
-  if (input.type !== "float32") {
-    await session.release();
-    throw new ConfigError(
-      `${basename(file)} takes ${input.type} input; infer-onnx feeds float32 (float16 tensors fail inside onnxruntime-node under Bun). ` +
-        "Use the float32 export of the model (e.g. yolov5n.onnx).",
-    );
-  }
-  const classNames = o.names ?? parseClassNames(meta.names) ?? [];
-  return { session, file, provider, inputName: input.name, outputName: output.name, inputDims: input.shape, classNames, version: await modelVersion(bytes) };
-}
 
 /** Which YOLO layout an output of these dims is, or an error message. */
 export function detectLayout(dims: readonly number[], want: Options["layout"]): "yolov5" | "yolov8" {
@@ -148,7 +68,7 @@ export function detectLayout(dims: readonly number[], want: Options["layout"]): 
 
 /** One loaded version of the stage's model, with what its first frame established. */
 interface OnnxVersion {
-  m: LoadedModel;
+  m: OnnxThread;
   name: string;
   checked: boolean;
   layout?: "yolov5" | "yolov8";
@@ -158,16 +78,16 @@ interface OnnxVersion {
  * Runs a new version once on zeros of the input size before it gets frames,
  * so a model that cannot run, or cannot take the frames, is refused at load.
  */
-async function warmUp(m: LoadedModel, frameDims: readonly number[] | undefined, layout: Options["layout"]): Promise<void> {
+async function warmUp(m: OnnxThread, frameDims: readonly number[] | undefined, layout: Options["layout"]): Promise<void> {
+  const { inputDims, file } = m.info;
   const fixed = (d: number | string): d is number => typeof d === "number" && d > 0;
-  if (frameDims && m.inputDims.some((d, i) => fixed(d) && d !== frameDims[i])) {
-    throw new ConfigError(`${basename(m.file)} expects input [${m.inputDims.join("x")}] but the frames are [${frameDims.join("x")}]`);
+  if (frameDims && inputDims.some((d, i) => fixed(d) && d !== frameDims[i])) {
+    throw new ConfigError(`${basename(file)} expects input [${inputDims.join("x")}] but the frames are [${frameDims.join("x")}]`);
   }
-  const dims = m.inputDims.map((d, i) => (fixed(d) ? d : (frameDims?.[i] ?? (i === 0 ? 1 : 0))));
+  const dims = inputDims.map((d, i) => (fixed(d) ? d : (frameDims?.[i] ?? (i === 0 ? 1 : 0))));
   if (dims.some((d) => d === 0)) return; // a dynamic size no frame has shown yet
-  const zeros = new Float32Array(dims.reduce((a, b) => a * b, 1));
-  const out = (await m.session.run({ [m.inputName]: new ort.Tensor("float32", zeros, dims) }))[m.outputName];
-  detectLayout(out.dims as number[], layout);
+  const out = await m.run(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
+  detectLayout(out.dims, layout);
 }
 
 /** Inferences noted for the log with no nms in this process to finish them: then lines are written without confidence. */
@@ -190,16 +110,17 @@ export default defineOperator({
     const load: VersionLoader<OnnxVersion> = async (file, known) => {
       const initial = known.length === 0;
       if (!initial && known.includes(await modelVersion(file))) return null;
-      const m = await loadModel({ ...o, model: file }, (w) => ctx.log.warn(w));
-      if (!initial) await warmUp(m, frameDims, o.layout).catch(async (err) => {
-        await m.session.release();
+      const m = await OnnxThread.start({ model: file, providers: o.providers, threads: o.threads, names: o.names }, ctx.log);
+      if (!initial) await warmUp(m, frameDims, o.layout).catch((err) => {
+        m.close();
         throw err;
       });
-      const name = basename(m.file);
-      ctx.log.info(`${name} loaded on ${m.provider} (input ${m.inputName} [${m.inputDims.join("x")}], ${m.classNames.length} classes)`);
-      return { model: { m, name, checked: false }, version: m.version, file: m.file, detail: { provider: m.provider, input: m.inputDims.join("x") } };
+      const { info } = m;
+      const name = basename(info.file);
+      ctx.log.info(`${name} loaded on ${info.provider} (input ${info.inputName} [${info.inputDims.join("x")}], ${info.classNames.length} classes)`);
+      return { model: { m, name, checked: false }, version: info.version, file: info.file, detail: { provider: info.provider, input: info.inputDims.join("x") } };
     };
-    const life = await ModelLifecycle.open(o.model, { stage: ctx.stage, load, release: (x) => x.m.session.release(), canary: o.canary, log: ctx.log });
+    const life = await ModelLifecycle.open(o.model, { stage: ctx.stage, load, release: async (x) => x.m.close(), canary: o.canary, log: ctx.log });
     const log = o.inferenceLog
       ? await RotatingLog.open(o.inferenceLog.path, { ...o.inferenceLog, onError: (e) => ctx.log.error(`inference log ${o.inferenceLog!.path}: ${e.message}`) })
       : undefined;
@@ -210,16 +131,15 @@ export default defineOperator({
     let unsettled = false;
 
     async function infer(ov: OnnxVersion, t: Tensor): Promise<Predictions> {
-      const m = ov.m;
+      const { inputDims, classNames } = ov.m.info;
       if (!ov.checked) {
-        const bad = m.inputDims.some((d, i) => typeof d === "number" && d > 0 && d !== t.dims[i]);
-        if (bad) throw new ConfigError(`${ov.name} expects input [${m.inputDims.join("x")}] but gets [${t.dims.join("x")}]: set the resize stage's width/height to match`);
+        const bad = inputDims.some((d, i) => typeof d === "number" && d > 0 && d !== t.dims[i]);
+        if (bad) throw new ConfigError(`${ov.name} expects input [${inputDims.join("x")}] but gets [${t.dims.join("x")}]: set the resize stage's width/height to match`);
         ov.checked = true;
       }
-      const out = (await m.session.run({ [m.inputName]: new ort.Tensor("float32", t.data, t.dims) }))[m.outputName];
-      const dims = out.dims as number[];
-      ov.layout ??= detectLayout(dims, o.layout);
-      return { layout: ov.layout, dims, data: out.data as Float32Array, classNames: m.classNames, model: ov.name };
+      const out = await ov.m.run(t.data, t.dims);
+      ov.layout ??= detectLayout(out.dims, o.layout);
+      return { layout: ov.layout, dims: out.dims, data: out.data, classNames, model: ov.name };
     }
 
     function line(f: Frame, ver: ModelVersion<OnnxVersion>, ms: number, at: number, dets: readonly { score: number }[] | null): string {
@@ -232,7 +152,7 @@ export default defineOperator({
         seq: f.seq,
         model: ver.model.name,
         version: ver.version,
-        provider: ver.model.m.provider,
+        provider: ver.model.m.info.provider,
         inputShape: f.tensor!.dims,
         timeMs: Math.round(ms * 100) / 100,
         ...confidenceOf(dets),

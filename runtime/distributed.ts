@@ -105,7 +105,6 @@ export class Dispatcher {
   /** Messages in `launch`, waiting for a worker with room. */
   private waiting = 0;
   dropped = 0;
-  retried = 0;
 
   constructor(
     private bus: NatsBus,
@@ -129,7 +128,8 @@ export class Dispatcher {
         log.info(`worker ${r.output.worker} (${r.output.placement}) joined stage ${stage.id}`);
       }
     });
-    this.sweeper = setInterval(() => this.sweep(), WORKER_TTL_MS / 4);
+    // Notices a dead worker even while no message is waiting to be sent.
+    this.sweeper = setInterval(() => this.live(), WORKER_TTL_MS / 4);
   }
 
   /** Messages on their way: waiting for a worker, or sent and not yet answered. */
@@ -195,9 +195,6 @@ export class Dispatcher {
     return this.peers.size;
   }
 
-  private sweep(): void {
-    this.live();
-  }
 
   /** The worker subject to send to, or undefined when none has room (for a message that must not be dropped). */
   private pick(droppable: boolean, exclude?: string): { subject: string; peer?: Peer } | undefined {
@@ -275,7 +272,6 @@ export class Dispatcher {
   private retry(f: Flight, worker: string | undefined, why: string, counts = true): void {
     if (!counts) f.tries--;
     if (f.tries >= MAX_TRIES) return this.drop(f, `${why}; gave up after ${MAX_TRIES} tries`);
-    this.retried++;
     this.log.warn(`${describe(f.msg)} to stage ${this.stage.id}: ${why}; retrying${worker ? " on another worker" : ""}`);
     void this.launch(f, worker);
   }

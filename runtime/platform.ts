@@ -8,9 +8,10 @@ import { existsSync as fsExistsSync } from "node:fs";
 import { appendFile, mkdir, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import { cpuUsage, memoryUsage, resourceUsage } from "node:process";
-import type { ChildProcess, FileWriter, Platform } from "./platform/types.ts";
+import { ConfigError } from "./errors.ts";
+import type { ChildProcess, FileWriter, Listener, Platform, ServeOptions } from "./platform/types.ts";
 
-export type { ChildProcess, FileWriter };
+export type { ChildProcess, FileWriter, Listener, ServeOptions };
 
 const impl: Platform = "Deno" in globalThis ? (await import("./platform/deno.ts")).platform : (await import("./platform/bun.ts")).platform;
 
@@ -32,6 +33,22 @@ export const env = impl.env;
 /** Command-line arguments after the script. */
 export const args = impl.args;
 export const exit = impl.exit;
+
+/**
+ * Serves `fetch` (a hono app's, say) on hostname:port with Bun.serve or Deno.serve.
+ * @throws ConfigError when the address cannot be bound (port taken, no such interface).
+ * @example
+ * const l = serve(app.fetch, { hostname: "127.0.0.1", port: 0 });
+ * console.log(`http://127.0.0.1:${l.port}/`);
+ * await l.stop();
+ */
+export function serve(fetch: (req: Request) => Response | Promise<Response>, o: ServeOptions): Listener {
+  try {
+    return impl.serve(fetch, o);
+  } catch (err) {
+    throw new ConfigError(`cannot listen on ${o.hostname}:${o.port}: ${(err as Error).message}`);
+  }
+}
 
 /** True when a file (or directory) exists at `path`. */
 export async function exists(path: string): Promise<boolean> {

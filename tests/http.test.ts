@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import * as v from "valibot";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../operators/infer-onnx.ts";
+import { modelVersion } from "../runtime/onnx-model.ts";
 import { ConfigError } from "../runtime/errors.ts";
 import { httpOptions } from "../runtime/http/options.ts";
 import { isJpeg } from "../runtime/jpeg.ts";

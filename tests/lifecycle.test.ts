@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { copyFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../operators/infer-onnx.ts";
+import { modelVersion } from "../runtime/onnx-model.ts";
 import type { ModelStatus } from "../runtime/model-lifecycle.ts";
 import type { PipelineSummary } from "../runtime/stats.ts";
 import { crashingModel, scaledModel, smallInputModel, startTinyRun, writeModel, type TinyRun } from "./lifecycle-support.ts";

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import * as v from "valibot";
 import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../operators/infer-onnx.ts";
+import { modelVersion } from "../runtime/onnx-model.ts";
 import { RotatingLog } from "../runtime/inference-log.ts";
 import { scaledModel, startTinyRun } from "./lifecycle-support.ts";
 import { modelFile, repoRoot, tempDir } from "./support/paths.ts";

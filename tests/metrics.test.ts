@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { chmod, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../operators/infer-onnx.ts";
+import { modelVersion } from "../runtime/onnx-model.ts";
 import { Histogram } from "../runtime/histogram.ts";
 import { HostLoad, parseNvidiaSmi } from "../runtime/host-load.ts";
 import { which } from "../runtime/platform.ts";

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { loadModel } from "../operators/infer-onnx.ts";
+import { loadModel } from "../runtime/onnx-model.ts";
 import { ConfigError } from "../runtime/errors.ts";
 import { parseClassNames, readOnnxMetadata } from "../runtime/onnx-metadata.ts";
 import { fp16ModelFile, modelFile } from "./support/paths.ts";
@@ -32,7 +32,7 @@ describe("ONNX metadata", () => {
   });
 
   test("loadModel reads the names and the input shape", async () => {
-    const m = await loadModel({ model: modelFile, providers: ["cpu"], threads: 0, layout: "auto" });
+    const m = await loadModel({ model: modelFile, providers: ["cpu"], threads: 0 });
     try {
       expect(m.classNames).toHaveLength(80);
       expect(m.provider).toBe("cpu");
@@ -44,7 +44,7 @@ describe("ONNX metadata", () => {
 
   test("an unavailable execution provider falls back to cpu with a warning", async () => {
     const warnings: string[] = [];
-    const m = await loadModel({ model: modelFile, providers: ["coreml", "cpu"], threads: 1, layout: "auto" }, (w) => warnings.push(w));
+    const m = await loadModel({ model: modelFile, providers: ["coreml", "cpu"], threads: 1 }, (w) => warnings.push(w));
     await m.session.release();
     expect(m.provider).toBe("cpu");
     expect(warnings.join("\n")).toContain("coreml");

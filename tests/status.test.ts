@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../operators/infer-onnx.ts";
+import { modelVersion } from "../runtime/onnx-model.ts";
 import type { ClusterStatus } from "../runtime/status.ts";
 import { CLIP, scaledModel } from "./lifecycle-support.ts";
 import { scrape, startPipelineProcess, type PipelineProcess } from "./support/http.ts";

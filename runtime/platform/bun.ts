@@ -1,6 +1,6 @@
 import type { Platform } from "./types.ts";
 
-/** Bun: Bun.spawn, Bun.file and its buffered FileSink. */
+/** Bun: Bun.spawn, Bun.file and its buffered FileSink, Bun.serve. */
 export const platform: Platform = {
   name: `bun ${Bun.version}`,
   spawn(cmd, args, opts = {}) {
@@ -36,4 +36,15 @@ export const platform: Platform = {
     return () => void process.off(signal, fn);
   },
   exit: (code) => process.exit(code),
+  serve(fetch, o) {
+    const server = Bun.serve({
+      hostname: o.hostname,
+      port: o.port,
+      fetch,
+      maxRequestBodySize: o.maxRequestBodySize,
+      // Seconds a connection may sit silent (Bun's default is 10): a request can wait in a deep queue or return a large body.
+      idleTimeout: 120,
+    });
+    return { port: server.port ?? o.port, stop: () => server.stop(true) };
+  },
 };

@@ -24,9 +24,13 @@ declare const Deno: {
   addSignalListener(signal: string, fn: () => void): void;
   removeSignalListener(signal: string, fn: () => void): void;
   exit(code: number): never;
+  serve(
+    o: { hostname: string; port: number; onListen?: () => void },
+    handler: (req: Request) => Response | Promise<Response>,
+  ): { addr: { port: number }; shutdown(): Promise<void> };
 };
 
-/** Deno: Deno.Command, Deno.readFile and signal listeners. */
+/** Deno: Deno.Command, Deno.readFile, signal listeners, Deno.serve. */
 export const platform: Platform = {
   name: `deno ${Deno.version.deno}`,
   spawn(cmd, args, opts = {}) {
@@ -85,4 +89,9 @@ export const platform: Platform = {
     return () => Deno.removeSignalListener(signal, fn);
   },
   exit: (code) => Deno.exit(code),
+  serve(fetch, o) {
+    // onListen: Deno would otherwise print its own "Listening on" line; callers log the URL themselves.
+    const server = Deno.serve({ hostname: o.hostname, port: o.port, onListen: () => {} }, fetch);
+    return { port: server.addr.port, stop: () => server.shutdown() };
+  },
 };

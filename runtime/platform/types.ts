@@ -15,6 +15,24 @@ export interface FileWriter {
   close(): Promise<void>;
 }
 
+/** A bound HTTP server. */
+export interface Listener {
+  /** The bound port (the one asked for, or the one picked for port 0). */
+  readonly port: number;
+  /** Stops listening and closes the connections (call it once requests in progress have answered). */
+  stop(): Promise<void>;
+}
+
+export interface ServeOptions {
+  hostname: string;
+  port: number;
+  /**
+   * Bun only: bodies larger than this are cut off by the runtime itself; keep it above the app's own
+   * limits so those answer first. Deno has no such limit, so the app's own limits are the only ones.
+   */
+  maxRequestBodySize?: number;
+}
+
 /** What a runtime adapter (Bun, Deno) provides; everything else is web-standard or node: APIs both implement. */
 export interface Platform {
   name: string;
@@ -27,5 +45,7 @@ export interface Platform {
   env(name: string): string | undefined;
   args(): string[];
   onSignal(signal: "SIGINT" | "SIGTERM", fn: () => void): () => void;
+  /** Binds `fetch` to hostname:port; throws the runtime's own error when it cannot. */
+  serve(fetch: (req: Request) => Response | Promise<Response>, o: ServeOptions): Listener;
   exit(code: number): never;
 }

@@ -1,6 +1,6 @@
 /**
  * A model as `framewire serve` serves it: N onnxruntime sessions (Triton's
- * instance count), each on its own worker thread, behind one batcher, with
+ * instance count), each on its own inference thread, behind one batcher, with
  * the KServe metadata clients see.
  */
 import { cpus } from "node:os";
@@ -9,7 +9,7 @@ import { ConfigError } from "../errors.ts";
 import type { TensorMetadata } from "../kserve.ts";
 import type { Logger } from "../log.ts";
 import { Batcher, type Runner } from "./batcher.ts";
-import type { FromInstance, InstanceInfo, ToInstance } from "./instance-worker.ts";
+import { OnnxThread } from "../onnx-thread.ts";
 
 export interface ServeModelOptions {
   /** A path, or a file name under models/. */
@@ -47,75 +47,6 @@ export interface ServedModel {
 /** -1 for symbolic or unknown dims, as KServe metadata writes them. */
 const dimOf = (d: number | string) => (typeof d === "number" && d > 0 ? d : -1);
 
-/** A worker thread holding one session; it runs one batch at a time (the batcher never sends it more). */
-class Instance {
-  private pending?: { resolve(r: { data: Float32Array; dims: number[] }): void; reject(e: Error): void };
-  /** Set once the worker crashed or was closed: later runs fail at once instead of waiting forever. */
-  private gone?: Error;
-
-  private constructor(
-    private worker: Worker,
-    readonly info: InstanceInfo,
-    private log: Logger,
-  ) {
-    worker.onmessage = (e: MessageEvent<FromInstance>) => this.receive(e.data);
-    worker.onerror = (e) => {
-      this.gone = new Error(`model instance crashed: ${e.message}`);
-      this.settle(undefined, this.gone);
-    };
-  }
-
-  /**
-   * A worker with `model` loaded.
-   * @throws ConfigError when the model cannot be used (missing, float16, ...).
-   */
-  static start(model: string, threads: number, log: Logger): Promise<Instance> {
-    const worker = new Worker(new URL("./instance-worker.ts", import.meta.url).href, { type: "module" });
-    return new Promise((resolve, reject) => {
-      const fail = (err: Error) => {
-        worker.terminate();
-        reject(err);
-      };
-      worker.onmessage = (e: MessageEvent<FromInstance>) => {
-        const m = e.data;
-        if (m.type === "up") worker.postMessage({ type: "load", model, threads } satisfies ToInstance);
-        else if (m.type === "warn") log.warn(m.message);
-        else if (m.type === "loaded") resolve(new Instance(worker, m.info, log));
-        else if (m.type === "failed") fail(m.config ? new ConfigError(m.message) : new Error(m.message));
-      };
-      worker.onerror = (e) => fail(new Error(`model instance crashed while loading: ${e.message}`));
-    });
-  }
-
-  run(input: Float32Array, dims: number[]): Promise<{ data: Float32Array; dims: number[] }> {
-    if (this.gone) return Promise.reject(this.gone);
-    return new Promise((resolve, reject) => {
-      this.pending = { resolve, reject };
-      // Cloned, not transferred: the input may be a view into a request body other code still holds.
-      this.worker.postMessage({ type: "run", input, dims } satisfies ToInstance);
-    });
-  }
-
-  close(): void {
-    this.worker.terminate();
-    this.gone = new Error("model instance closed");
-    this.settle(undefined, this.gone);
-  }
-
-  private receive(m: FromInstance): void {
-    if (m.type === "warn") this.log.warn(m.message);
-    else if (m.type === "result") this.settle({ data: m.data, dims: m.dims });
-    else if (m.type === "failed") this.settle(undefined, new Error(m.message));
-  }
-
-  private settle(result?: { data: Float32Array; dims: number[] }, err?: Error): void {
-    const p = this.pending;
-    this.pending = undefined;
-    if (err) p?.reject(err);
-    else if (result) p?.resolve(result);
-  }
-}
-
 /**
  * Loads `instances` sessions of a model (a worker thread each), warms each
  * up, and puts a batcher in front.
@@ -125,11 +56,11 @@ class Instance {
  */
 export async function loadServedModel(o: ServeModelOptions, log: Logger): Promise<ServedModel> {
   const threads = o.threads || Math.max(1, Math.floor(cpus().length / o.instances));
-  const instances: Instance[] = [];
+  const instances: OnnxThread[] = [];
   const release = () => instances.forEach((i) => i.close());
   try {
     // One at a time: peak memory stays at one model being optimised.
-    for (let i = 0; i < o.instances; i++) instances.push(await Instance.start(o.model, threads, log));
+    for (let i = 0; i < o.instances; i++) instances.push(await OnnxThread.start({ model: o.model, providers: ["cpu"], threads }, log));
   } catch (err) {
     release();
     throw err;

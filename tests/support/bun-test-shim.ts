@@ -70,12 +70,13 @@ function chainOf(scope: Scope): Scope[] {
   return chain;
 }
 
+const fullName = (chain: Scope[], name: string) => [...chain.slice(1).map((s) => s.name), name].join(" > ");
+
 function register(name: string, fn: Fn, timeout: number | { timeout?: number } | undefined): void {
   const ms = (typeof timeout === "number" ? timeout : timeout?.timeout) ?? defaultTimeout;
   const chain = chainOf(current);
   for (const s of chain) s.pending++;
-  const fullName = [...chain.slice(1).map((s) => s.name), name].join(" > ");
-  nodeTest(fullName, async () => {
+  nodeTest(fullName(chain, name), async () => {
     const errors: unknown[] = [];
     const attempt = async (f: Fn, what: string) => {
       try {
@@ -104,13 +105,13 @@ function register(name: string, fn: Fn, timeout: number | { timeout?: number } |
   });
 }
 
+/** Shown as "ignored" in Deno's summary; its hooks do not wait for it. */
 function skip(name: string): void {
-  nodeTest(name, { skip: true }, () => {});
+  nodeTest(fullName(chainOf(current), name), { skip: true }, () => {});
 }
 
-/** Bun's `test(name, fn, timeoutMs?)`, with `test.skip` and `test.skipIf(cond)`. */
+/** Bun's `test(name, fn, timeoutMs?)` and `test.skipIf(cond)(name, fn)`. */
 export const test = Object.assign((name: string, fn: Fn, timeout?: number | { timeout?: number }) => register(name, fn, timeout), {
-  skip: (name: string, _fn?: Fn) => skip(name),
   skipIf: (cond: unknown) => (cond ? (name: string, _fn?: Fn) => skip(name) : test),
 });
 export const it = test;
