@@ -9,7 +9,7 @@ import type { Raster } from "./draw.ts";
  * Encodes an RGBA raster as a baseline JPEG (alpha is ignored).
  * @example
  * const jpg = encodeJpeg({ width: 2, height: 1, data: new Uint8Array([255, 0, 0, 255, 0, 0, 255, 255]) }, 90);
- * await Bun.write("out.jpg", jpg);
+ * await writeFile("out.jpg", jpg); // node:fs/promises
  */
 export function encodeJpeg(raster: Raster, quality = 80): Uint8Array {
   const out = encode({ width: raster.width, height: raster.height, data: raster.data }, quality);
@@ -20,7 +20,7 @@ export function encodeJpeg(raster: Raster, quality = 80): Uint8Array {
  * Decodes a JPEG into an RGBA raster.
  * @throws Error when `bytes` is not a decodable JPEG or exceeds 64 megapixels.
  * @example
- * const { width, height, data } = decodeJpeg(await Bun.file("frame.jpg").bytes());
+ * const { width, height, data } = decodeJpeg(await readBytes("frame.jpg")); // runtime/platform.ts
  */
 export function decodeJpeg(bytes: Uint8Array): Raster {
   const img = decode(bytes, { useTArray: true, formatAsRGBA: true, maxResolutionInMP: 64 });
