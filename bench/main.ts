@@ -1,6 +1,6 @@
 /**
  * `bun run bench [section...]`: measured ratios in one run, printed as
- * markdown. Sections: core (default: all).
+ * markdown; one section per concern (the keys below), all by default.
  */
 import { cpus } from "node:os";
 import { benchCore } from "./core.ts";
@@ -10,6 +10,7 @@ const sections: Record<string, () => Promise<string>> = {
   serve: () => import("./serve.ts").then((m) => m.benchServe()),
   retail: () => import("./retail.ts").then((m) => m.benchRetail()),
   nats: () => import("./nats.ts").then((m) => m.benchNats()),
+  runtimes: () => import("./runtimes.ts").then((m) => m.benchRuntimes()),
 };
 
 const wanted = process.argv.slice(2);

@@ -120,7 +120,9 @@ async function run(rest: string[]): Promise<number> {
   console.log(formatSummary(summary));
   if (values.json) console.log(JSON.stringify({ ...totals(summary), peakRssMiB: peakRss() / 1048576, ...summary }));
   const t = totals(summary);
-  return t.framesIn === 0 && summary.stages.some((s) => s.lastError) ? 1 : 0;
+  // Nothing got through and something failed: a broken run, whatever the reason it stopped.
+  const broken = t.framesOut === 0 && summary.stages.some((s) => s.lastError) && summary.stages.some((s) => s.kind === "sink");
+  return broken ? 1 : 0;
 }
 
 async function validate(rest: string[]): Promise<number> {
