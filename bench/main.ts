@@ -11,9 +11,10 @@ const sections: Record<string, () => Promise<string>> = {
   retail: () => import("./retail.ts").then((m) => m.benchRetail()),
   nats: () => import("./nats.ts").then((m) => m.benchNats()),
   runtimes: () => import("./runtimes.ts").then((m) => m.benchRuntimes()),
+  overload: () => import("./reliability.ts").then((m) => m.benchOverload()), soak: () => import("./reliability.ts").then((m) => m.benchSoak()),
 };
 
-const wanted = process.argv.slice(2);
+const wanted = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--") && !all[i - 1]?.startsWith("--")); // flags (soak --minutes N) are read by their section
 const unknown = wanted.filter((w) => !(w in sections));
 if (unknown.length) {
   console.error(`unknown bench section(s): ${unknown.join(", ")}; known: ${Object.keys(sections).join(", ")}`);

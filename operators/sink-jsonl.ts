@@ -1,4 +1,5 @@
 import * as v from "valibot";
+import { ConfigError } from "../runtime/errors.ts";
 import type { Message } from "../runtime/message.ts";
 import { defineOperator } from "../runtime/operator.ts";
 import { openWriter } from "../runtime/platform.ts";
@@ -38,16 +39,51 @@ export default defineOperator({
   description: "Write one JSON line per frame (stream, seq, ts, detections) or event to a file.",
   options: Options,
   async create(o, ctx) {
-    const out = await openWriter(o.path, o.append);
+    let out: Awaited<ReturnType<typeof openWriter>>;
+    try {
+      out = await openWriter(o.path, o.append);
+    } catch (err) {
+      throw new ConfigError(`[${ctx.stage}] cannot write ${o.path}: ${(err as Error).message}`);
+    }
     ctx.log.info(`writing ${o.path}`);
-    const timer = setInterval(() => void out.flush().catch((e) => ctx.log.error(`flush ${o.path}: ${e.message}`)), o.flushInterval * 1000);
+    /** Lines written since the last flush, lines lost to failed writes, and the current write error. */
+    let buffered = 0;
+    let lost = 0;
+    let failing: string | undefined;
+    const flush = async (final = false) => {
+      const n = buffered;
+      buffered = 0;
+      try {
+        await (final ? out.close() : out.flush());
+        if (n > 0 && failing) {
+          ctx.log.info(`${o.path} is writable again`);
+          failing = undefined;
+        }
+      } catch (err) {
+        lost += n;
+        // Logged once per outage; every lost line is counted in sink_write_failures_total.
+        if (!failing) ctx.log.error(`cannot write ${o.path}: ${(err as Error).message}; ${n} lines lost, later lines fail until a write succeeds`);
+        failing = (err as Error).message;
+      }
+    };
+    const timer = setInterval(() => void flush(), o.flushInterval * 1000);
     return {
       process(msg) {
+        // While the file is failing, one line per flush goes through as a probe; the others fail here, so the
+        // stage's failed count and lastError show it.
+        if (failing && buffered > 0) {
+          lost++;
+          throw new Error(`cannot write ${o.path}: ${failing}`);
+        }
         out.write(toJsonLine(msg, o.precision) + "\n");
+        buffered++;
       },
+      metrics: () => [
+        { name: "sink_write_failures_total", type: "counter", help: "Result lines that could not be written to the file.", value: lost, labels: { path: o.path } },
+      ],
       async close() {
         clearInterval(timer);
-        await out.close();
+        await flush(true);
       },
     };
   },

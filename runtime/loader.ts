@@ -126,7 +126,8 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
   interpolateScalars(doc, env, at);
   if (issues.length) throw fail();
 
-  const data = doc.toJS();
+  const data = toData(doc, at);
+  if (issues.length) throw fail();
   const top = v.safeParse(PipelineSchema, data, { abortEarly: false });
   if (!top.success) {
     for (const i of top.issues) reportIssue(doc, at, i, [], PipelineSchema);
@@ -187,6 +188,27 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
 }
 
 type At = (offset: number, path: string, message: string) => void;
+
+/**
+ * The document as plain data. yaml throws (rather than reports) on aliases it
+ * will not expand: one used before its anchor, or an alias bomb past its
+ * limit; those become issues at the alias.
+ */
+function toData(doc: Document, at: At): unknown {
+  try {
+    return doc.toJS();
+  } catch (err) {
+    const message = (err as Error).message;
+    let offset = 0;
+    visit(doc, {
+      Alias(_key, node) {
+        if (!offset || message.endsWith(`: ${node.source}`)) offset = node.range?.[0] ?? 0;
+        if (message.endsWith(`: ${node.source}`)) return visit.BREAK;
+      },
+    });
+    at(offset, "", message);
+  }
+}
 
 /** Replaces `${VAR}` / `${VAR:-default}` in scalars; a scalar that is only a placeholder takes the value's YAML type. */
 function interpolateScalars(doc: Document, env: (k: string) => string | undefined, at: At): void {

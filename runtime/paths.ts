@@ -1,5 +1,6 @@
 import { fileURLToPath } from "node:url";
-import { isAbsolute, join, resolve } from "node:path";
+import { realpathSync } from "node:fs";
+import { isAbsolute, join, resolve, sep } from "node:path";
 import { existsSync } from "./platform.ts";
 
 /** The framewire checkout (the folder holding runtime/, operators/, models/). */
@@ -28,6 +29,18 @@ export function resolvePipelineFile(name: string): string | undefined {
 export function resolveModel(name: string): string | undefined {
   if (isAbsolute(name)) return firstExisting([name]);
   return firstExisting([resolve(name), join(modelsDir, name)]);
+}
+
+/**
+ * A model named by a remote request (HTTP model control): a name or path
+ * that, with symlinks resolved, lies inside one of `dirs` (models/ and the
+ * folder of the model the stage already runs). Pipeline files may name any
+ * local file (resolveModel); a request must not reach `../../etc/passwd`.
+ */
+export function resolveModelWithin(name: string, dirs: string[]): string | undefined {
+  const roots = dirs.filter((d) => existsSync(d)).map((d) => realpathSync(d)).map((r) => (r.endsWith(sep) ? r : r + sep));
+  const inside = (file: string) => existsSync(file) && roots.some((r) => realpathSync(file).startsWith(r));
+  return [resolve(name), ...dirs.map((d) => resolve(d, name))].find(inside);
 }
 
 /** A media file given relative to the working directory or to the project. */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what framewire needs on a fresh Debian machine: Bun (from npm) and
-# the npm dependencies. With --test also the Debian packages the tests start
-# for real: nats-server, ffmpeg and a GStreamer RTSP server.
+# the npm dependencies, Deno among them (node_modules/.bin/deno). With --test
+# also the Debian packages the tests start for real: nats-server, ffmpeg, a
+# GStreamer RTSP server and chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -23,7 +23,8 @@ import { secureHeaders } from "hono/secure-headers";
 import type { Logger } from "../log.ts";
 import { renderMetrics } from "../metrics.ts";
 import { ModelLoadError, NoCanaryError, type ModelLifecycle } from "../model-lifecycle.ts";
-import { resolveModel } from "../paths.ts";
+import { dirname } from "node:path";
+import { modelsDir, resolveModelWithin } from "../paths.ts";
 import type { StatusView } from "../status.ts";
 import { LIVE_CONTENT_TYPE, type LiveFeed } from "./live.ts";
 import type { HttpOptions } from "./options.ts";
@@ -125,8 +126,9 @@ export function createApp(ctx: AppContext): Hono {
     if (!body.success) throw new HttpError(400, `invalid body: ${body.issues.map((i) => `${v.getDotPath(i) ?? "body"}: ${i.message}`).join("; ")}`);
     let file: string | undefined;
     if (body.output.model) {
-      file = resolveModel(body.output.model);
-      if (!file) throw new HttpError(422, `model file not found: ${body.output.model} (looked in the working directory and models/)`);
+      const current = dirname(life.status().active.file);
+      file = resolveModelWithin(body.output.model, [modelsDir, current]);
+      if (!file) throw new HttpError(422, `model file not found: ${body.output.model} (a request may name files in models/ or ${current} only)`);
     }
     const result = await life.reload({ file, canary: body.output.canary });
     ctx.log.info(`reload of ${c.req.param("stage")} requested: ${result.outcome} ${result.version}`);

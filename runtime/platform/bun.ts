@@ -1,6 +1,7 @@
+import { closeSync, openSync, writeSync } from "node:fs";
 import type { Platform } from "./types.ts";
 
-/** Bun: Bun.spawn, Bun.file and its buffered FileSink, Bun.serve. */
+/** Bun: Bun.spawn, Bun.file, node:fs for buffered writes, Bun.serve. */
 export const platform: Platform = {
   name: `bun ${Bun.version}`,
   spawn(cmd, args, opts = {}) {
@@ -21,11 +22,25 @@ export const platform: Platform = {
   readText: (path) => Bun.file(path).text(),
   readBytes: async (path) => new Uint8Array(await Bun.file(path).arrayBuffer()),
   openTruncating(path) {
-    const sink = Bun.file(path).writer({ highWaterMark: 1 << 16 });
+    // node:fs, not Bun's FileSink: FileSink drops write errors (ENOSPC, EIO) silently, and a sink must be able to report them.
+    const fd = openSync(path, "w");
+    let pending: (string | Uint8Array)[] = [];
+    const flush = async () => {
+      // The batch is handed over before writing: one that fails is lost (the caller counts it), not retried forever.
+      const parts = pending;
+      pending = [];
+      if (parts.length) writeSync(fd, Buffer.concat(parts.map((p) => (typeof p === "string" ? Buffer.from(p) : p))));
+    };
     return {
-      write: (t) => void sink.write(t),
-      flush: async () => void (await sink.flush()),
-      close: async () => void (await sink.end()),
+      write: (t) => void pending.push(t),
+      flush,
+      close: async () => {
+        try {
+          await flush();
+        } finally {
+          closeSync(fd);
+        }
+      },
     };
   },
   which: (cmd) => Bun.which(cmd) ?? undefined,

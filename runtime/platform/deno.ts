@@ -1,6 +1,21 @@
 import { accessSync, constants, openSync, writeSync, closeSync, fsyncSync } from "node:fs";
+import { Socket } from "node:net";
 import { delimiter, join } from "node:path";
 import type { Platform } from "./types.ts";
+
+/*
+ * Deno 2.9's node:net can still emit a read error (ECONNRESET) on a socket
+ * its owner has already destroyed: nats.js removes its listeners and
+ * destroys the socket when a server refuses it, then the reset arrives as an
+ * uncaught exception that ends the process. Node emits nothing there once a
+ * socket is destroyed; neither does this.
+ */
+const emit = Socket.prototype.emit;
+Socket.prototype.emit = function (this: Socket, event: string | symbol, ...args: unknown[]): boolean {
+  const err = args[0] as { syscall?: string } | undefined;
+  if (event === "error" && this.destroyed && err?.syscall === "read" && this.listenerCount("error") === 0) return false;
+  return emit.call(this, event, ...args);
+};
 
 /** The slice of the Deno namespace this adapter uses (bun-types has no Deno types). */
 declare const Deno: {

@@ -3,14 +3,25 @@
  * same test files run under `deno test`. `expect` is Jest's (npm `expect`,
  * the matchers bun:test copies) plus the Bun-only matchers the tests use.
  *
- * Each test is registered as one top-level node:test test named
+ * Each test is registered as one top-level Deno.test named
  * "describe > ... > test" rather than as nested steps, so Deno's summary
  * counts tests the way `bun test` does; describe scopes and their hooks run
  * with Bun's semantics (beforeAll before the scope's first test, afterAll
- * after its last, even when a test failed or timed out).
+ * after its last, even when a test failed or timed out). Not node:test's
+ * `test`: under Deno 2.9 a file that throws after registering one is
+ * reported as passing, its remaining tests silently lost.
  */
-import { test as nodeTest } from "node:test";
 import { expect } from "expect";
+
+/** The slice of Deno.test used here (bun-types has no Deno types). */
+declare const Deno: {
+  test(t: { name: string; fn: () => Promise<void>; ignore?: boolean; sanitizeOps: false; sanitizeResources: false }): void;
+};
+
+/** Like `bun test`, ops and resources may outlive a test (servers started in beforeAll, say). */
+function denoTest(name: string, fn: () => Promise<void>, ignore = false): void {
+  Deno.test({ name, fn, ignore, sanitizeOps: false, sanitizeResources: false });
+}
 
 expect.extend({
   toStartWith(received: unknown, prefix: string) {
@@ -76,7 +87,7 @@ function register(name: string, fn: Fn, timeout: number | { timeout?: number } |
   const ms = (typeof timeout === "number" ? timeout : timeout?.timeout) ?? defaultTimeout;
   const chain = chainOf(current);
   for (const s of chain) s.pending++;
-  nodeTest(fullName(chain, name), async () => {
+  denoTest(fullName(chain, name), async () => {
     const errors: unknown[] = [];
     const attempt = async (f: Fn, what: string) => {
       try {
@@ -107,7 +118,7 @@ function register(name: string, fn: Fn, timeout: number | { timeout?: number } |
 
 /** Shown as "ignored" in Deno's summary; its hooks do not wait for it. */
 function skip(name: string): void {
-  nodeTest(fullName(chainOf(current), name), { skip: true }, () => {});
+  denoTest(fullName(chainOf(current), name), async () => {}, true);
 }
 
 /** Bun's `test(name, fn, timeoutMs?)` and `test.skipIf(cond)(name, fn)`. */
