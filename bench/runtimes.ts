@@ -11,7 +11,7 @@ import { existsSync, spawn } from "../runtime/platform.ts";
 import { fmt, markdownTable } from "./table.ts";
 
 const CLI = join(projectRoot, "runtime/cli.ts");
-/** Installed by `bun install` (the deno npm package; see deno.json and README, Deno). */
+/** The deno npm package's binary, linked by scripts/setup.sh (README, Deno). */
 const DENO = join(projectRoot, "node_modules/.bin/deno");
 
 interface Runtime {
@@ -47,7 +47,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 /** Runs the runtime comparison and returns its markdown section. */
 export async function benchRuntimes(n = 200, rounds = 3): Promise<string> {
   const title = "## runtimes: the core pipeline under Bun and Deno\n\n";
-  if (!existsSync(DENO)) return `${title}skipped: no ${DENO} (run \`bun install\`)\n`;
+  if (!existsSync(DENO)) return `${title}skipped: no ${DENO} (run scripts/setup.sh)\n`;
   const runtimes: Runtime[] = [
     { name: `bun ${(await output(["bun", "--version"])).trim()}`, run: ["bun"] },
     { name: (await output([DENO, "--version"])).split(" (")[0], run: [DENO, "run", "-A"] },

@@ -26,3 +26,6 @@ if [ "${1:-}" = "--test" ]; then
 fi
 
 bun install --frozen-lockfile 2>/dev/null || bun install
+# Bun runs no install scripts (none are trusted), so node_modules/.bin/deno is the deno package's
+# Node wrapper; its own installer, run here, links the native binary there instead (no download).
+bun node_modules/deno/install.cjs
