@@ -9,7 +9,9 @@
  * with Bun's semantics (beforeAll before the scope's first test, afterAll
  * after its last, even when a test failed or timed out). Not node:test's
  * `test`: under Deno 2.9 a file that throws after registering one is
- * reported as passing, its remaining tests silently lost.
+ * reported as passing, its remaining tests silently lost. With
+ * `deno test --filter`, a scope whose last test is filtered out never runs
+ * its afterAll hooks (children from tests/support still die at exit).
  */
 import { expect } from "expect";
 
@@ -62,7 +64,7 @@ export function setDefaultTimeout(ms: number): void {
   defaultTimeout = ms;
 }
 
-/** Resolves with `fn()`, or rejects once `ms` have passed (the late run keeps going, as in Bun). */
+/** Resolves once `fn()` has, or rejects once `ms` have passed (the late run keeps going, as in Bun). */
 async function withTimeout(fn: Fn, ms: number, what: string): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => {
