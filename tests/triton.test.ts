@@ -4,7 +4,7 @@ import { ConfigError } from "../runtime/errors.ts";
 import { decodeInferRequest, encodeInferResponse, HEADER_LENGTH } from "../runtime/kserve.ts";
 import type { Frame } from "../runtime/message.ts";
 import type { OperatorMetric, TransformInstance } from "../runtime/operator.ts";
-import { listen, type Listener } from "../runtime/serve/listen.ts";
+import { serve, type Listener } from "../runtime/platform.ts";
 import { makeTransform, readAll, step } from "./support/operators.ts";
 import { busImage, modelFile, sampleVideo, zidaneImage } from "./support/paths.ts";
 import { freePort } from "./support/ports.ts";
@@ -123,7 +123,7 @@ describe("infer-triton against a server that speaks like Triton", () => {
       const out = encodeInferResponse("yolo_trt", "1", undefined, [{ name: "output0", datatype: "FP16", shape: [1, 25200, 85], data: busOutput }], req.binaryOutput);
       return new Response(out.body, { headers: out.headers });
     });
-    stub = listen(app.fetch, { hostname: "127.0.0.1", port: await freePort(), maxRequestBodySize: 64 << 20 });
+    stub = serve(app.fetch, { hostname: "127.0.0.1", port: await freePort(), maxRequestBodySize: 64 << 20 });
   });
   afterAll(async () => {
     await stub?.stop();

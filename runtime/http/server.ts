@@ -1,6 +1,6 @@
 /**
  * Starts a process's HTTP server: the hono routes (app.ts) bound with
- * `listen` (Bun.serve or Deno.serve, shared with `framewire serve`).
+ * the platform's `serve` (Bun.serve or Deno.serve, shared with `framewire serve`).
  */
 import * as v from "valibot";
 import { join } from "node:path";
@@ -8,7 +8,7 @@ import { ConfigError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { projectRoot } from "../paths.ts";
 import { env, readText } from "../platform.ts";
-import { listen, type Listener } from "../serve/listen.ts";
+import { serve, type Listener } from "../platform.ts";
 import type { StatusView } from "../status.ts";
 import { createApp } from "./app.ts";
 import { LiveFeed } from "./live.ts";
@@ -52,7 +52,7 @@ export async function startHttpServer(view: StatusView, options: HttpOptions, lo
   let server: Listener;
   try {
     // The runtime's limit is a backstop that drops the connection; bodies just over ours get hono's 413 first.
-    server = listen(app.fetch, { hostname: options.host, port: options.port, maxRequestBodySize: Math.max(1 << 20, 4 * options.maxBodyBytes) });
+    server = serve(app.fetch, { hostname: options.host, port: options.port, maxRequestBodySize: Math.max(1 << 20, 4 * options.maxBodyBytes) });
   } catch (err) {
     throw new ConfigError(`http: cannot listen on ${options.host}:${options.port}: ${(err as Error).message}`);
   }

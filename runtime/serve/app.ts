@@ -127,7 +127,7 @@ function classify(err: unknown): { status: ContentfulStatusCode; message: string
  * Builds the server's request handler around a loaded model.
  * @example
  * const app = await createServeApp({ model, metrics, registry: await loadRegistry(), log, limits: DEFAULT_LIMITS, maxImageBytes: 10 << 20, maxBodyBytes: 256 << 20, decoders: 4, maxWaiting: 64, conf: 0.25, iou: 0.45 });
- * Bun.serve({ port: 8000, fetch: app.fetch });
+ * serve(app.fetch, { hostname: "127.0.0.1", port: 8000 }); // runtime/platform.ts
  */
 export async function createServeApp(o: AppOptions): Promise<ServeApp> {
   const { model, metrics, log } = o;

@@ -9,10 +9,9 @@ import * as v from "valibot";
 import { ConfigError } from "../errors.ts";
 import { describeIssue } from "../issues.ts";
 import { createLogger } from "../log.ts";
-import { onShutdownSignal } from "../platform.ts";
+import { onShutdownSignal, serve } from "../platform.ts";
 import { loadRegistry } from "../registry.ts";
 import { createServeApp } from "./app.ts";
-import { listen } from "./listen.ts";
 import { createServeMetrics } from "./metrics.ts";
 import { loadServedModel } from "./model.ts";
 
@@ -110,7 +109,7 @@ export async function runServe(rest: string[]): Promise<number> {
     conf: f.conf,
     iou: f.iou,
   });
-  const listener = listen(app.fetch, { hostname: f.host, port: f.port, maxRequestBodySize: Math.max(maxBodyBytes, maxImageBytes) + MiB });
+  const listener = serve(app.fetch, { hostname: f.host, port: f.port, maxRequestBodySize: Math.max(maxBodyBytes, maxImageBytes) + MiB });
   log.info(`${model.name} listening on http://${f.host}:${listener.port} (KServe v2 under /v2, POST /detect, GET /metrics)`);
 
   const signal = await stop;
