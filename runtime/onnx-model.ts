@@ -77,7 +77,8 @@ export async function loadModel(o: ModelOptions, warn: (msg: string) => void = (
       session = await ort.InferenceSession.create(bytes, {
         executionProviders: [p],
         graphOptimizationLevel: "all",
-        ...(process.env.FW_NOSPIN ? { extra: { session: { intra_op: { allow_spinning: "0" } } } } : {}),
+        // No busy-waiting between runs: the inference threads share the cores with decoding and preprocessing.
+        extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
         ...(o.threads ? { intraOpNumThreads: o.threads } : {}),
       });
       provider = p;
