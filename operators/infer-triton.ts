@@ -12,6 +12,7 @@ import {
 } from "../runtime/kserve.ts";
 import type { Logger } from "../runtime/log.ts";
 import type { Frame, Predictions } from "../runtime/message.ts";
+import { describeFetchError } from "../runtime/fetch-error.ts";
 import { defineOperator } from "../runtime/operator.ts";
 import { detectLayout } from "./infer-onnx.ts";
 
@@ -100,9 +101,7 @@ class KServeClient {
       } catch (err) {
         if (err instanceof TritonRequestError) throw err;
         if (this.closed.signal.aborted) throw new TritonUnavailableError(`${what}: the stage is closing`);
-        // fetch's connection errors carry a code (ECONNREFUSED, ECONNRESET) that says it all.
-        const code = (err as { code?: unknown }).code;
-        failure = (err as Error).name === "TimeoutError" ? `no answer within ${this.o.timeout} s` : typeof code === "string" ? code : (err as Error).message;
+        failure = describeFetchError(err, this.o.timeout);
       }
       if (attempt >= this.o.retries) {
         throw new TritonUnavailableError(`${what}: ${this.base} failed after ${attempt + 1} attempt(s): ${failure}`);

@@ -167,7 +167,7 @@ export default defineOperator({
           const delay = Math.min(o.reconnectMaxDelay, o.reconnectDelay * 2 ** attempt);
           attempt++;
           reconnects++;
-          const why = r.stalled ? "stalled" : `exit ${r.code}${r.error ? `: ${r.error}` : ""}`;
+          const why = r.stalled ? "stalled" : `${r.code === null ? "killed by a signal" : `exit ${r.code}`}${r.error ? `: ${r.error}` : ""}`;
           log.warn(`stream lost after ${r.frames} frames (${why}); reconnect #${attempt} in ${delay.toFixed(1)} s`);
           await sleep(delay * 1000, signal);
         }

@@ -1,4 +1,5 @@
 import * as v from "valibot";
+import { describeFetchError } from "../runtime/fetch-error.ts";
 import { defineOperator } from "../runtime/operator.ts";
 import { toJsonLine } from "./sink-jsonl.ts";
 import { Precision, resultId } from "./sink-nats.ts";
@@ -74,8 +75,7 @@ export default defineOperator({
           signal: AbortSignal.any([AbortSignal.timeout(o.timeout * 1000), closing.signal]),
         });
       } catch (err) {
-        const e = err as Error;
-        return { why: e.name === "TimeoutError" ? `no answer within ${o.timeout} s` : e.message, again: true };
+        return { why: describeFetchError(err, o.timeout), again: true };
       }
       // Drain the body so the connection can be reused.
       const text = await res.text().catch(() => "");

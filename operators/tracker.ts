@@ -350,6 +350,7 @@ function dropDuplicates(tracks: Track[]): Track[] {
 export default defineOperator({
   name: "tracker",
   kind: "transform",
+  stateful: true,
   description: "Track detections across frames (ByteTrack or SORT: Kalman filter + optimal IoU assignment); adds trackId and frame.tracks.",
   options: Options,
   create(o) {

@@ -178,6 +178,7 @@ async function loadState(path: string, warn: (m: string) => void): Promise<State
 export default defineOperator({
   name: "zones",
   kind: "transform",
+  stateful: true,
   description:
     "Line crossings (in/out) and zone enter/exit/dwell/occupancy per track, as events; periodic counts; totals survive restarts.",
   options: Options,

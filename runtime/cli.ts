@@ -99,7 +99,6 @@ async function run(rest: string[]): Promise<number> {
     stages,
     workerId: values["worker-id"],
     placement: values.placement as "edge" | "cloud" | undefined,
-    context: bus instanceof NatsBus ? { nats: bus } : {},
   });
   let signals = 0;
   const off = onShutdownSignal((sig) => {

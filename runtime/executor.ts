@@ -93,6 +93,7 @@ export class Executor {
     const created = await Promise.allSettled(
       specs.map(async (spec) => {
         const ctx: StageContext = {
+          ...(this.remote ? { nats: this.remote } : {}),
           ...this.opts.context,
           stage: spec.id,
           pipeline: this.spec.name,

@@ -167,6 +167,8 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
   const stages: StageSpec[] = p.stages.map((s, i) => {
     const { def, options } = resolved[i];
     if (def.kind === "source" && s.replicas > 1) reportAt(doc, at, ["stages", i, "replicas"], "a source cannot have replicas");
+    if (def.stateful && s.replicas > 1) reportAt(doc, at, ["stages", i, "replicas"], `${def.name} keeps per-stream state: several replicas would split a stream's frames between them`);
+    if (def.stateful && s.route !== "queue") reportAt(doc, at, ["stages", i, "route"], `${def.name} keeps per-stream state: run one worker of it (route: queue), not ${s.route}`);
     let inputs: string[] = [];
     if (def.kind === "source") {
       if (s.in) reportAt(doc, at, ["stages", i, "in"], `a source (${def.name}) takes no input`);

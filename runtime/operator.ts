@@ -59,6 +59,11 @@ interface Base<S extends v.GenericSchema> {
   description: string;
   /** The only source of truth for the options' docs and errors. */
   options: S;
+  /**
+   * Keeps state per stream (a tracker, counters): one worker must see all of
+   * a stream's frames, so the loader refuses `replicas` > 1 and load-aware routes.
+   */
+  stateful?: boolean;
 }
 
 export interface SourceDefinition<S extends v.GenericSchema = v.GenericSchema> extends Base<S> {

@@ -106,7 +106,7 @@ stages:
       await until(() => frames.length >= atKill + 10, "10 frames after the kill");
       const [next] = await processesMatching(clip);
       expect(next).not.toBe(pid);
-      expect(src.log.text()).toMatch(/stream lost after \d+ frames \(exit \S+\); reconnect #1 in 0\.1 s/);
+      expect(src.log.text()).toMatch(/stream lost after \d+ frames \(killed by a signal\); reconnect #1 in 0\.1 s/);
       // seq keeps counting across the restart: no gap, no reuse.
       expect(frames.map((f) => f.seq)).toEqual(frames.map((_, i) => i));
     } finally {

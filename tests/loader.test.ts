@@ -116,6 +116,16 @@ describe("pipeline files", () => {
     expect(err.message).toContain('unknown operator "ingset" (did you mean "ingest"?)');
   });
 
+  test("a stateful operator (tracker) refuses replicas and load-aware routes", () => {
+    const text = `name: t\nstages:\n  - id: cam\n    use: ingest\n    with: { url: ${video} }\n  - id: track\n    use: tracker\n    replicas: 2\n    route: least-loaded\n`;
+    const err = parseError(text, registry);
+    expect(err.issues.map((i) => [i.line, i.path])).toEqual([
+      [8, "stages[1].replicas"],
+      [9, "stages[1].route"],
+    ]);
+    expect(err.message).toContain("tracker keeps per-stream state");
+  });
+
   test("duplicate stage id points at the second one", () => {
     const text = `name: t\nstages:\n  - id: cam\n    use: ingest\n    with: { url: ${video} }\n  - id: cam\n    use: sink-log\n`;
     const err = parseError(text, registry);
