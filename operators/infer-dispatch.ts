@@ -21,14 +21,22 @@ const When = v.strictObject({
       v.description("Most frames this stage runs on the variant at once (give the stage `replicas` > 1 so frames overlap)."),
     ),
   ),
-  maxLatencyMs: v.optional(v.pipe(v.number(), v.gtValue(0), v.description("Recent latency (moving average, ms) above which the variant counts as saturated."))),
+  maxLatencyMs: v.optional(
+    v.pipe(v.number(), v.gtValue(0), v.description("Recent latency (moving average, ms) above which the variant counts as saturated.")),
+  ),
   maxCpu: share("Host CPU utilisation (0..1) above which the variant counts as saturated."),
-  maxGpu: share("Busiest GPU's utilisation (0..1, from nvidia-smi) above which the variant counts as saturated; not checked where no GPU can be read."),
+  maxGpu: share(
+    "Busiest GPU's utilisation (0..1, from nvidia-smi) above which the variant counts as saturated; not checked where no GPU can be read.",
+  ),
 });
 export type Conditions = v.InferOutput<typeof When>;
 
 const Variant = v.strictObject({
-  id: v.pipe(v.string(), v.regex(/^[A-Za-z][\w-]*$/, "expected an id of letters, digits, _ and -"), v.description("Name in logs, metrics and frame.timings.")),
+  id: v.pipe(
+    v.string(),
+    v.regex(/^[A-Za-z][\w-]*$/, "expected an id of letters, digits, _ and -"),
+    v.description("Name in logs, metrics and frame.timings."),
+  ),
   use: v.pipe(v.picklist(VARIANT_OPERATORS), v.description("The inference operator this variant runs.")),
   with: v.optional(v.pipe(v.record(v.string(), v.unknown()), v.description("That operator's options (checked against its schema).")), {}),
   when: v.optional(v.pipe(When, v.description("Load limits under which the variant is used; none: always eligible.")), {}),
@@ -46,7 +54,9 @@ const Options = v.strictObject({
       v.number(),
       v.minValue(0),
       v.maxValue(3600),
-      v.description("Seconds a failed variant is skipped; also the age after which a latency reading is stale and the variant gets a probe frame."),
+      v.description(
+        "Seconds a failed variant is skipped; also the age after which a latency reading is stale and the variant gets a probe frame.",
+      ),
     ),
     5,
   ),
@@ -112,7 +122,13 @@ export function rankVariants(when: Conditions[], loads: VariantLoad[], host: Hos
     const why = cooling ? `failed recently, back in ${((l.coolUntil - now) / 1000).toFixed(1)} s` : eligible ? "" : reason;
     out.push({ index, eligible, pressure, why, group: eligible ? 0 : cooling ? 2 : 1, coolUntil: l.coolUntil });
   });
-  out.sort((a, b) => a.group - b.group || (a.group === 1 ? a.pressure - b.pressure : 0) || (a.group === 2 ? a.coolUntil - b.coolUntil : 0) || a.index - b.index);
+  out.sort(
+    (a, b) =>
+      a.group - b.group ||
+      (a.group === 1 ? a.pressure - b.pressure : 0) ||
+      (a.group === 2 ? a.coolUntil - b.coolUntil : 0) ||
+      a.index - b.index,
+  );
   return out.map(({ index, eligible, pressure, why }) => ({ index, eligible, pressure, why }));
 }
 
@@ -144,7 +160,8 @@ interface VariantState {
 export default defineOperator({
   name: "infer-dispatch",
   kind: "transform",
-  description: "Pick a model variant (infer-triton, infer-onnx, ...) per frame by live load (in flight, latency, CPU/GPU) with fallback on failure.",
+  description:
+    "Pick a model variant (infer-triton, infer-onnx, ...) per frame by live load (in flight, latency, CPU/GPU) with fallback on failure.",
   options: Options,
   async create(o, ctx) {
     const registry = await loadRegistry();
@@ -152,7 +169,10 @@ export default defineOperator({
       const def = registry.get(vr.use) as TransformDefinition;
       const r = v.safeParse(def.options, vr.with, { abortEarly: false });
       if (!r.success) {
-        const lines = r.issues.map((is) => `${formatPath(["variants", i, "with", ...(is.path ?? []).map((p) => p.key as string)])}: ${describeIssue(is, def.options)}`);
+        const lines = r.issues.map(
+          (is) =>
+            `${formatPath(["variants", i, "with", ...(is.path ?? []).map((p) => p.key as string)])}: ${describeIssue(is, def.options)}`,
+        );
         throw new ConfigError(`${ctx.stage}: ${lines.join("; ")}`);
       }
       return { def, options: r.output };
@@ -191,10 +211,13 @@ export default defineOperator({
       closed = true;
       await Promise.all(states.map((s) => s.instance?.close?.()));
       const why = failed.map((x) => `variant ${x.s.id} (${x.s.use}): ${x.err.message}`).join("; ");
-      throw misconfigured ? new ConfigError(`${ctx.stage}: variant ${misconfigured.s.id} (${misconfigured.s.use}): ${misconfigured.err.message}`) : new Error(`no variant could start: ${why}`);
+      throw misconfigured
+        ? new ConfigError(`${ctx.stage}: variant ${misconfigured.s.id} (${misconfigured.s.use}): ${misconfigured.err.message}`)
+        : new Error(`no variant could start: ${why}`);
     }
     // Unreachable servers are not fatal: the other variants run and the missing one is retried.
-    for (const { s, err } of failed) ctx.log.warn(`variant ${s.id} could not start (${err.message}); retrying every ${o.cooldown} s, the others run meanwhile`);
+    for (const { s, err } of failed)
+      ctx.log.warn(`variant ${s.id} could not start (${err.message}); retrying every ${o.cooldown} s, the others run meanwhile`);
 
     const releaseLoad = hostLoad.acquire();
     if (o.variants.some((x) => x.when.maxGpu !== undefined) && !which("nvidia-smi")) {
@@ -283,8 +306,20 @@ export default defineOperator({
       metrics: (): OperatorMetric[] =>
         states.flatMap((s) => [
           { name: "dispatch_frames_total", help: "Frames a variant ran.", type: "counter", value: s.frames, labels: { variant: s.id } },
-          { name: "dispatch_failures_total", help: "Frames a variant failed (each then tried the next).", type: "counter", value: s.failures, labels: { variant: s.id } },
-          { name: "dispatch_inflight", help: "Frames running on a variant now.", type: "gauge", value: s.load.inflight, labels: { variant: s.id } },
+          {
+            name: "dispatch_failures_total",
+            help: "Frames a variant failed (each then tried the next).",
+            type: "counter",
+            value: s.failures,
+            labels: { variant: s.id },
+          },
+          {
+            name: "dispatch_inflight",
+            help: "Frames running on a variant now.",
+            type: "gauge",
+            value: s.load.inflight,
+            labels: { variant: s.id },
+          },
           // The variant's own metrics (retries of infer-triton, ...), told apart by variant.
           ...(s.instance?.metrics?.() ?? []).map((m) => ({ ...m, labels: { ...m.labels, variant: s.id } })),
         ]),

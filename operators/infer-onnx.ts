@@ -11,32 +11,75 @@ import { defineOperator } from "../runtime/operator.ts";
 import { resolveModel } from "../runtime/paths.ts";
 
 const Options = v.strictObject({
-  /** A path, or a file name under models/. */
-  model: v.pipe(v.string(), v.check((m) => resolveModel(m) !== undefined, "model file not found (looked in the working directory and models/)")),
-  /** Execution providers in order of preference; cpu is always the last resort. */
-  providers: v.optional(v.pipe(v.array(v.picklist(PROVIDERS)), v.minLength(1)), ["cpu"]),
-  /** Intra-op threads (0 = onnxruntime's default, one per core). */
-  threads: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(256)), 0),
-  /** Class names, when the model's metadata has none. */
-  names: v.optional(v.array(v.string())),
-  /** Output layout; auto tells YOLOv5 (1×N×(5+C)) from YOLOv8 (1×(4+C)×N) by shape. */
-  layout: v.optional(v.picklist(["auto", "yolov5", "yolov8"]), "auto"),
+  model: v.pipe(
+    v.string(),
+    v.check((m) => resolveModel(m) !== undefined, "model file not found (looked in the working directory and models/)"),
+    v.description("A path, or a file name under models/."),
+  ),
+  providers: v.optional(
+    v.pipe(
+      v.array(v.picklist(PROVIDERS)),
+      v.minLength(1),
+      v.description("Execution providers in order of preference; cpu is always the last resort."),
+    ),
+    ["cpu"],
+  ),
+  threads: v.optional(
+    v.pipe(
+      v.number(),
+      v.integer(),
+      v.minValue(0),
+      v.maxValue(256),
+      v.description("Intra-op threads (0 = onnxruntime's default, one per core)."),
+    ),
+    0,
+  ),
+  names: v.optional(v.pipe(v.array(v.string()), v.description("Class names, when the model's metadata has none."))),
+  layout: v.optional(
+    v.pipe(
+      v.picklist(["auto", "yolov5", "yolov8"]),
+      v.description("Output layout; auto tells YOLOv5 (1×N×(5+C)) from YOLOv8 (1×(4+C)×N) by shape."),
+    ),
+    "auto",
+  ),
   watch: v.optional(
-    v.pipe(v.boolean(), v.description("Load a new version when the model file changes; it takes over between frames (or as a canary, with `canary`).")),
+    v.pipe(
+      v.boolean(),
+      v.description("Load a new version when the model file changes; it takes over between frames (or as a canary, with `canary`)."),
+    ),
     false,
   ),
   canary: v.optional(
     v.pipe(
       v.strictObject({
-        share: v.optional(v.pipe(v.number(), v.gtValue(0), v.maxValue(1), v.description("Share of frames the new version runs while on trial.")), 0.1),
+        share: v.optional(
+          v.pipe(v.number(), v.gtValue(0), v.maxValue(1), v.description("Share of frames the new version runs while on trial.")),
+          0.1,
+        ),
         frames: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.description("Canary inferences before the decision.")), 200),
         maxErrorRate: v.optional(
-          v.pipe(v.number(), v.minValue(0), v.maxValue(1), v.description("Highest share of failed canary inferences; past it the canary is rolled back at once.")),
+          v.pipe(
+            v.number(),
+            v.minValue(0),
+            v.maxValue(1),
+            v.description("Highest share of failed canary inferences; past it the canary is rolled back at once."),
+          ),
           0.01,
         ),
-        maxLatencyRatio: v.optional(v.pipe(v.number(), v.minValue(1), v.description("Roll back when the canary's mean inference time exceeds the active version's by this factor."))),
+        maxLatencyRatio: v.optional(
+          v.pipe(
+            v.number(),
+            v.minValue(1),
+            v.description("Roll back when the canary's mean inference time exceeds the active version's by this factor."),
+          ),
+        ),
         minConfidenceRatio: v.optional(
-          v.pipe(v.number(), v.minValue(0), v.maxValue(1), v.description("Roll back when the canary's mean detection confidence falls below this share of the active version's.")),
+          v.pipe(
+            v.number(),
+            v.minValue(0),
+            v.maxValue(1),
+            v.description("Roll back when the canary's mean detection confidence falls below this share of the active version's."),
+          ),
         ),
       }),
       v.description(
@@ -48,8 +91,14 @@ const Options = v.strictObject({
     v.pipe(
       v.strictObject({
         path: v.pipe(v.string(), v.minLength(1), v.description("The JSON Lines file (appended to).")),
-        maxBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(4096), v.description("Rotate before a file grows past this many bytes.")), 10 * 1024 * 1024),
-        keep: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(100), v.description("Rotated files kept (path.1 newest).")), 5),
+        maxBytes: v.optional(
+          v.pipe(v.number(), v.integer(), v.minValue(4096), v.description("Rotate before a file grows past this many bytes.")),
+          10 * 1024 * 1024,
+        ),
+        keep: v.optional(
+          v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(100), v.description("Rotated files kept (path.1 newest).")),
+          5,
+        ),
       }),
       v.description(
         "A JSON line per inference (model, version, input shape, time, detections, mean/max confidence, CPU/GPU %), rotated by size. Off unless given.",
@@ -102,7 +151,8 @@ const UNSETTLED_LIMIT = 100;
 export default defineOperator({
   name: "infer-onnx",
   kind: "transform",
-  description: "Run an ONNX YOLO detector (v5 or v8 layout) with onnxruntime-node; providers with cpu fallback, hot reload, canary, inference log.",
+  description:
+    "Run an ONNX YOLO detector (v5 or v8 layout) with onnxruntime-node; providers with cpu fallback, hot reload, canary, inference log.",
   options: Options,
   async create(o, ctx) {
     /** The tensor size frames arrive with (from the first frame): new versions must take it. */
@@ -111,18 +161,35 @@ export default defineOperator({
       const initial = known.length === 0;
       if (!initial && known.includes(await modelVersion(file))) return null;
       const m = await OnnxThread.start({ model: file, providers: o.providers, threads: o.threads, names: o.names }, ctx.log);
-      if (!initial) await warmUp(m, frameDims, o.layout).catch((err) => {
-        m.close();
-        throw err;
-      });
+      if (!initial)
+        await warmUp(m, frameDims, o.layout).catch((err) => {
+          m.close();
+          throw err;
+        });
       const { info } = m;
       const name = basename(info.file);
-      ctx.log.info(`${name} loaded on ${info.provider} (input ${info.inputName} [${info.inputDims.join("x")}], ${info.classNames.length} classes)`);
-      return { model: { m, name, checked: false }, version: info.version, file: info.file, detail: { provider: info.provider, input: info.inputDims.join("x") } };
+      ctx.log.info(
+        `${name} loaded on ${info.provider} (input ${info.inputName} [${info.inputDims.join("x")}], ${info.classNames.length} classes)`,
+      );
+      return {
+        model: { m, name, checked: false },
+        version: info.version,
+        file: info.file,
+        detail: { provider: info.provider, input: info.inputDims.join("x") },
+      };
     };
-    const life = await ModelLifecycle.open(o.model, { stage: ctx.stage, load, release: async (x) => x.m.close(), canary: o.canary, log: ctx.log });
+    const life = await ModelLifecycle.open(o.model, {
+      stage: ctx.stage,
+      load,
+      release: async (x) => x.m.close(),
+      canary: o.canary,
+      log: ctx.log,
+    });
     const log = o.inferenceLog
-      ? await RotatingLog.open(o.inferenceLog.path, { ...o.inferenceLog, onError: (e) => ctx.log.error(`inference log ${o.inferenceLog!.path}: ${e.message}`) })
+      ? await RotatingLog.open(o.inferenceLog.path, {
+          ...o.inferenceLog,
+          onError: (e) => ctx.log.error(`inference log ${o.inferenceLog!.path}: ${e.message}`),
+        })
       : undefined;
     const releaseLoad = log ? hostLoad.acquire() : undefined;
     if (o.watch) life.watch(life.active.loaded.file);
@@ -134,7 +201,10 @@ export default defineOperator({
       const { inputDims, classNames } = ov.m.info;
       if (!ov.checked) {
         const bad = inputDims.some((d, i) => typeof d === "number" && d > 0 && d !== t.dims[i]);
-        if (bad) throw new ConfigError(`${ov.name} expects input [${inputDims.join("x")}] but gets [${t.dims.join("x")}]: set the resize stage's width/height to match`);
+        if (bad)
+          throw new ConfigError(
+            `${ov.name} expects input [${inputDims.join("x")}] but gets [${t.dims.join("x")}]: set the resize stage's width/height to match`,
+          );
         ov.checked = true;
       }
       const out = await ov.m.run(t.data, t.dims);
@@ -174,7 +244,9 @@ export default defineOperator({
       });
       if (++noted === UNSETTLED_LIMIT && settled === 0 && log) {
         unsettled = true;
-        ctx.log.warn(`inference log: no nms stage in this process decodes ${ctx.stage}'s output; writing lines without detections and confidence`);
+        ctx.log.warn(
+          `inference log: no nms stage in this process decodes ${ctx.stage}'s output; writing lines without detections and confidence`,
+        );
       }
     }
 

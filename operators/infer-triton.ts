@@ -16,7 +16,8 @@ import { describeFetchError } from "../runtime/fetch-error.ts";
 import { defineOperator } from "../runtime/operator.ts";
 import { detectLayout } from "./infer-onnx.ts";
 
-const seconds = (dflt: number, min: number, text: string) => v.optional(v.pipe(v.number(), v.minValue(min), v.maxValue(3600), v.description(text)), dflt);
+const seconds = (dflt: number, min: number, text: string) =>
+  v.optional(v.pipe(v.number(), v.minValue(min), v.maxValue(3600), v.description(text)), dflt);
 
 const Options = v.strictObject({
   url: v.pipe(
@@ -28,14 +29,31 @@ const Options = v.strictObject({
   version: v.optional(v.pipe(v.string(), v.regex(/^\d+$/), v.description("Model version; default: the server's choice."))),
   input: v.optional(v.pipe(v.string(), v.description("Input tensor name; default: the model's only input."))),
   output: v.optional(v.pipe(v.string(), v.description("Output tensor name; default: the model's first output."))),
-  binary: v.optional(v.pipe(v.boolean(), v.description("Send and receive tensors with the binary tensor data extension (false: JSON, ~10× larger).")), true),
+  binary: v.optional(
+    v.pipe(v.boolean(), v.description("Send and receive tensors with the binary tensor data extension (false: JSON, ~10× larger).")),
+    true,
+  ),
   timeout: seconds(10, 0.01, "Seconds one inference request may take before it is retried."),
-  retries: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10), v.description("Retries of a failed request (unreachable, timeout, 502/503/504/429).")), 2),
+  retries: v.optional(
+    v.pipe(
+      v.number(),
+      v.integer(),
+      v.minValue(0),
+      v.maxValue(10),
+      v.description("Retries of a failed request (unreachable, timeout, 502/503/504/429)."),
+    ),
+    2,
+  ),
   retryDelay: seconds(0.1, 0.001, "Seconds before the first retry; doubled for each next one, with jitter."),
   retryMaxDelay: seconds(2, 0.001, "Longest wait between retries, in seconds."),
   startTimeout: seconds(30, 0, "Seconds to wait at start for the model to be ready before the stage fails."),
-  names: v.optional(v.pipe(v.array(v.string()), v.description("Class names; default: from a framewire server's metadata (Triton has none to give)."))),
-  layout: v.optional(v.pipe(v.picklist(["auto", "yolov5", "yolov8"]), v.description("Output layout; auto tells YOLOv5 from YOLOv8 by shape.")), "auto"),
+  names: v.optional(
+    v.pipe(v.array(v.string()), v.description("Class names; default: from a framewire server's metadata (Triton has none to give).")),
+  ),
+  layout: v.optional(
+    v.pipe(v.picklist(["auto", "yolov5", "yolov8"]), v.description("Output layout; auto tells YOLOv5 from YOLOv8 by shape.")),
+    "auto",
+  ),
 });
 type Options = v.InferOutput<typeof Options>;
 
@@ -124,7 +142,8 @@ class KServeClient {
         if (res.ok) return;
         why = `HTTP ${res.status}: ${await errorText(res)}`;
         // A server that says the model does not exist will not grow it by waiting (Triton answers 400 "unknown model").
-        if (res.status === 404 || (res.status === 400 && /unknown model/i.test(why))) throw new ConfigError(`model ${this.o.model} is not on ${this.base} (${why})`);
+        if (res.status === 404 || (res.status === 400 && /unknown model/i.test(why)))
+          throw new ConfigError(`model ${this.o.model} is not on ${this.base} (${why})`);
       } catch (err) {
         if (err instanceof ConfigError) throw err;
         why = (err as Error).message;
@@ -160,17 +179,26 @@ async function errorText(res: Response): Promise<string> {
 }
 
 /** The tensor called `name`, or the only/first one; checked to be a float tensor. */
-function pickTensor(list: TensorMetadata[], name: string | undefined, kind: "input" | "output", model: string, only: boolean): TensorMetadata & { datatype: WireDatatype } {
+function pickTensor(
+  list: TensorMetadata[],
+  name: string | undefined,
+  kind: "input" | "output",
+  model: string,
+  only: boolean,
+): TensorMetadata & { datatype: WireDatatype } {
   const names = list.map((t) => `"${t.name}"`).join(", ");
   let t: TensorMetadata | undefined;
   if (name) t = list.find((x) => x.name === name);
   else if (!only || list.length === 1) t = list[0];
   if (!t) {
     throw new ConfigError(
-      name ? `model ${model} has no ${kind} "${name}" (it has ${names || "none"})` : `model ${model} has ${list.length} ${kind}s (${names}): set \`${kind}\` to pick one`,
+      name
+        ? `model ${model} has no ${kind} "${name}" (it has ${names || "none"})`
+        : `model ${model} has ${list.length} ${kind}s (${names}): set \`${kind}\` to pick one`,
     );
   }
-  if (t.datatype !== "FP32" && t.datatype !== "FP16") throw new ConfigError(`model ${model}: ${kind} ${t.name} is ${t.datatype}; infer-triton handles FP32 and FP16 tensors`);
+  if (t.datatype !== "FP32" && t.datatype !== "FP16")
+    throw new ConfigError(`model ${model}: ${kind} ${t.name} is ${t.datatype}; infer-triton handles FP32 and FP16 tensors`);
   return t as TensorMetadata & { datatype: WireDatatype };
 }
 
@@ -194,7 +222,8 @@ function metadataNames(meta: ModelMetadata): string[] | undefined {
 export default defineOperator({
   name: "infer-triton",
   kind: "transform",
-  description: "Run a YOLO detector on Triton or `framewire serve` over KServe v2 HTTP (binary tensors, retries with backoff, readiness and metadata checks).",
+  description:
+    "Run a YOLO detector on Triton or `framewire serve` over KServe v2 HTTP (binary tensors, retries with backoff, readiness and metadata checks).",
   options: Options,
   async create(o, ctx) {
     const base = o.url.replace(/\/$/, "");
@@ -205,10 +234,14 @@ export default defineOperator({
     const output = pickTensor(meta.outputs, o.output, "output", o.model, false);
     // Rank 4 is N×C×H×W (Triton writes a dynamic batch as -1); rank 3 is a model without a batch axis (max_batch_size 0).
     if ((input.shape.length !== 4 && input.shape.length !== 3) || ![3, -1].includes(input.shape.at(-3)!)) {
-      throw new ConfigError(`model ${o.model}: input ${input.name} has shape [${input.shape}]; infer-triton feeds 3-channel images (N×3×H×W or 3×H×W)`);
+      throw new ConfigError(
+        `model ${o.model}: input ${input.name} has shape [${input.shape}]; infer-triton feeds 3-channel images (N×3×H×W or 3×H×W)`,
+      );
     }
     if (output.shape.length !== 3 && output.shape.length !== 2) {
-      throw new ConfigError(`model ${o.model}: output ${output.name} has shape [${output.shape}]; expected a YOLO output (N×anchors×values or N×values×anchors)`);
+      throw new ConfigError(
+        `model ${o.model}: output ${output.name} has shape [${output.shape}]; expected a YOLO output (N×anchors×values or N×values×anchors)`,
+      );
     }
     const classNames = o.names ?? metadataNames(meta) ?? [];
     if (!classNames.length) ctx.log.warn(`model ${o.model} names no classes: detections will carry class ids; set \`names\``);
@@ -229,10 +262,17 @@ export default defineOperator({
         const shape = unbatched ? f.tensor.dims.slice(1) : f.tensor.dims;
         if (!checked) {
           const bad = shape.length !== input.shape.length || input.shape.some((d, i) => d > 0 && d !== shape[i]);
-          if (bad) throw new ConfigError(`model ${o.model} expects input [${input.shape}] but gets [${shape}]: set the resize stage's width/height to match`);
+          if (bad)
+            throw new ConfigError(
+              `model ${o.model} expects input [${input.shape}] but gets [${shape}]: set the resize stage's width/height to match`,
+            );
           checked = true;
         }
-        const req = encodeInferRequest([{ name: input.name, datatype: input.datatype, shape, data: f.tensor.data }], [output.name], o.binary);
+        const req = encodeInferRequest(
+          [{ name: input.name, datatype: input.datatype, shape, data: f.tensor.data }],
+          [output.name],
+          o.binary,
+        );
         let res: Response;
         try {
           res = await client.call(inferPath, { method: "POST", body: req.body, headers: req.headers }, `infer ${o.model}`);
@@ -245,13 +285,24 @@ export default defineOperator({
         failing = false;
         const outs = decodeInferResponse(new Uint8Array(await res.arrayBuffer()), res.headers.get(HEADER_LENGTH));
         const out = outs.find((t) => t.name === output.name);
-        if (!out) throw new TritonRequestError(200, `the response has no output ${output.name} (got ${outs.map((t) => t.name).join(", ") || "none"})`);
+        if (!out)
+          throw new TritonRequestError(
+            200,
+            `the response has no output ${output.name} (got ${outs.map((t) => t.name).join(", ") || "none"})`,
+          );
         const dims = out.shape.length === 2 ? [1, ...out.shape] : out.shape;
         layout ??= detectLayout(dims, o.layout);
         f.predictions = { layout, dims, data: out.data, classNames, model: o.model };
         return f;
       },
-      metrics: () => [{ name: "infer_triton_retries_total", help: "Inference requests retried after a transient failure.", type: "counter" as const, value: client.retries }],
+      metrics: () => [
+        {
+          name: "infer_triton_retries_total",
+          help: "Inference requests retried after a transient failure.",
+          type: "counter" as const,
+          value: client.retries,
+        },
+      ],
       async close() {
         client.close();
       },

@@ -10,31 +10,44 @@ const STREAMING = /^(rtsps?|rtmps?|srt|udp|rtp|tcp):\/\//i;
 const HAS_SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
 
 const Options = v.strictObject({
-  /** rtsp://, rtmp://, http(s)://, srt://, udp:// or a file path (relative to the working directory or the project). */
   url: v.pipe(
     v.string(),
     v.minLength(1),
-    v.check((u) => HAS_SCHEME.test(u) || resolveMediaPath(u) !== undefined, "file not found (give a URL like rtsp://host/path or an existing file)"),
+    v.check(
+      (u) => HAS_SCHEME.test(u) || resolveMediaPath(u) !== undefined,
+      "file not found (give a URL like rtsp://host/path or an existing file)",
+    ),
+    v.description("rtsp://, rtmp://, http(s)://, srt://, udp:// or a file path (relative to the working directory or the project)."),
   ),
-  /** Stream id carried on every frame; defaults to the stage id. */
-  stream: v.optional(v.pipe(v.string(), v.regex(/^[\w-]+$/))),
-  /** Frame-rate cap: frames arriving faster are skipped inside ffmpeg. */
-  fps: v.optional(v.pipe(v.number(), v.minValue(0.01), v.maxValue(240))),
-  /** Scale in ffmpeg to this size (both or neither). */
-  width: v.optional(v.pipe(v.number(), v.integer(), v.minValue(16), v.maxValue(8192))),
+  stream: v.optional(v.pipe(v.string(), v.regex(/^[\w-]+$/), v.description("Stream id carried on every frame; defaults to the stage id."))),
+  fps: v.optional(
+    v.pipe(
+      v.number(),
+      v.minValue(0.01),
+      v.maxValue(240),
+      v.description("Frame-rate cap: frames arriving faster are skipped inside ffmpeg."),
+    ),
+  ),
+  width: v.optional(
+    v.pipe(v.number(), v.integer(), v.minValue(16), v.maxValue(8192), v.description("Scale in ffmpeg to this size (both or neither).")),
+  ),
   height: v.optional(v.pipe(v.number(), v.integer(), v.minValue(16), v.maxValue(8192))),
-  /** Read files at their native rate (ffmpeg -re), like a camera. */
-  realtime: v.optional(v.boolean(), false),
-  /** Restart files from the beginning when they end. */
-  loop: v.optional(v.boolean(), false),
-  /** Live streams drop stale frames under overload and reconnect when they end; default: true for streaming URLs and realtime files. */
-  live: v.optional(v.boolean()),
-  /** RTSP lower transport. */
-  transport: v.optional(v.picklist(["tcp", "udp"]), "tcp"),
-  /** Seconds without a frame before ffmpeg is restarted. */
-  stallTimeout: v.optional(v.pipe(v.number(), v.minValue(0.5)), 10),
-  /** Reconnect backoff in seconds: first delay, doubled up to the max. */
-  reconnectDelay: v.optional(v.pipe(v.number(), v.minValue(0.05)), 0.5),
+  realtime: v.optional(v.pipe(v.boolean(), v.description("Read files at their native rate (ffmpeg -re), like a camera.")), false),
+  loop: v.optional(v.pipe(v.boolean(), v.description("Restart files from the beginning when they end.")), false),
+  live: v.optional(
+    v.pipe(
+      v.boolean(),
+      v.description(
+        "Live streams drop stale frames under overload and reconnect when they end; default: true for streaming URLs and realtime files.",
+      ),
+    ),
+  ),
+  transport: v.optional(v.pipe(v.picklist(["tcp", "udp"]), v.description("RTSP lower transport.")), "tcp"),
+  stallTimeout: v.optional(v.pipe(v.number(), v.minValue(0.5), v.description("Seconds without a frame before ffmpeg is restarted.")), 10),
+  reconnectDelay: v.optional(
+    v.pipe(v.number(), v.minValue(0.05), v.description("Reconnect backoff in seconds: first delay, doubled up to the max.")),
+    0.5,
+  ),
   reconnectMaxDelay: v.optional(v.pipe(v.number(), v.minValue(0.05)), 10),
 });
 type Options = v.InferOutput<typeof Options>;
@@ -101,13 +114,16 @@ export default defineOperator({
       let lastFrame = performance.now();
       let emitting = false;
       let stalled = false;
-      const watchdog = setInterval(() => {
-        if (!emitting && performance.now() - lastFrame > o.stallTimeout * 1000) {
-          stalled = true;
-          log.warn(`no frame for ${o.stallTimeout} s; restarting ffmpeg`);
-          proc.kill("SIGKILL");
-        }
-      }, Math.min(1000, o.stallTimeout * 250));
+      const watchdog = setInterval(
+        () => {
+          if (!emitting && performance.now() - lastFrame > o.stallTimeout * 1000) {
+            stalled = true;
+            log.warn(`no frame for ${o.stallTimeout} s; restarting ffmpeg`);
+            proc.kill("SIGKILL");
+          }
+        },
+        Math.min(1000, o.stallTimeout * 250),
+      );
       const onAbort = () => proc.kill("SIGKILL");
       signal.addEventListener("abort", onAbort, { once: true });
       try {
@@ -142,7 +158,13 @@ export default defineOperator({
     return {
       metrics: () => [
         { name: "source_frames_total", type: "counter", help: "Frames decoded, by stream.", value: seq, labels: { stream } },
-        { name: "source_reconnects_total", type: "counter", help: "Times a live stream was lost and reconnected.", value: reconnects, labels: { stream } },
+        {
+          name: "source_reconnects_total",
+          type: "counter",
+          help: "Times a live stream was lost and reconnected.",
+          value: reconnects,
+          labels: { stream },
+        },
         {
           name: "source_connected",
           type: "gauge",
@@ -167,7 +189,9 @@ export default defineOperator({
           const delay = Math.min(o.reconnectMaxDelay, o.reconnectDelay * 2 ** attempt);
           attempt++;
           reconnects++;
-          const why = r.stalled ? "stalled" : `${r.code === null ? "killed by a signal" : `exit ${r.code}`}${r.error ? `: ${r.error}` : ""}`;
+          const why = r.stalled
+            ? "stalled"
+            : `${r.code === null ? "killed by a signal" : `exit ${r.code}`}${r.error ? `: ${r.error}` : ""}`;
           log.warn(`stream lost after ${r.frames} frames (${why}); reconnect #${attempt} in ${delay.toFixed(1)} s`);
           await sleep(delay * 1000, signal);
         }

@@ -5,14 +5,16 @@ import type { Detection, Frame, Letterbox, Predictions } from "../runtime/messag
 import { defineOperator } from "../runtime/operator.ts";
 
 const Options = v.strictObject({
-  /** Minimum score (objectness × class probability for YOLOv5). */
-  conf: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(1)), 0.25),
-  /** Boxes overlapping a better one by more than this IoU are suppressed. */
-  iou: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(1)), 0.45),
-  /** Keep only these class names (default: all). */
-  classes: v.optional(v.pipe(v.array(v.string()), v.minLength(1))),
-  /** Suppress across classes, not only within one. */
-  agnostic: v.optional(v.boolean(), false),
+  conf: v.optional(
+    v.pipe(v.number(), v.minValue(0), v.maxValue(1), v.description("Minimum score (objectness × class probability for YOLOv5).")),
+    0.25,
+  ),
+  iou: v.optional(
+    v.pipe(v.number(), v.minValue(0), v.maxValue(1), v.description("Boxes overlapping a better one by more than this IoU are suppressed.")),
+    0.45,
+  ),
+  classes: v.optional(v.pipe(v.array(v.string()), v.minLength(1), v.description("Keep only these class names (default: all)."))),
+  agnostic: v.optional(v.pipe(v.boolean(), v.description("Suppress across classes, not only within one.")), false),
   maxDetections: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1)), 300),
 });
 type Options = v.InferOutput<typeof Options>;
@@ -55,7 +57,10 @@ export function decodeYolo(p: Predictions, conf: number, allowed?: Set<number>):
     const score = obj * bestScore;
     if (best < 0 || score < conf || (allowed && !allowed.has(best))) continue;
     if (out.count === cap) break;
-    const cx = at(i, 0), cy = at(i, 1), w = at(i, 2), h = at(i, 3);
+    const cx = at(i, 0),
+      cy = at(i, 1),
+      w = at(i, 2),
+      h = at(i, 3);
     const j = out.count++;
     out.boxes.set([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], j * 4);
     out.scores[j] = score;
@@ -76,13 +81,19 @@ export function suppress(c: Candidates, iou: number, agnostic: boolean, max: num
     if (removed[i]) continue;
     keep.push(i);
     const oI = off(i);
-    const ax1 = b[i * 4] + oI, ay1 = b[i * 4 + 1] + oI, ax2 = b[i * 4 + 2] + oI, ay2 = b[i * 4 + 3] + oI;
+    const ax1 = b[i * 4] + oI,
+      ay1 = b[i * 4 + 1] + oI,
+      ax2 = b[i * 4 + 2] + oI,
+      ay2 = b[i * 4 + 3] + oI;
     const areaA = (ax2 - ax1) * (ay2 - ay1);
     for (let oj = oi + 1; oj < order.length; oj++) {
       const j = order[oj];
       if (removed[j]) continue;
       const oJ = off(j);
-      const bx1 = b[j * 4] + oJ, by1 = b[j * 4 + 1] + oJ, bx2 = b[j * 4 + 2] + oJ, by2 = b[j * 4 + 3] + oJ;
+      const bx1 = b[j * 4] + oJ,
+        by1 = b[j * 4 + 1] + oJ,
+        bx2 = b[j * 4 + 2] + oJ,
+        by2 = b[j * 4 + 3] + oJ;
       const iw = Math.min(ax2, bx2) - Math.max(ax1, bx1);
       if (iw <= 0) continue;
       const ih = Math.min(ay2, by2) - Math.max(ay1, by1);
@@ -140,14 +151,12 @@ export default defineOperator({
         const cands = decodeYolo(p, o.conf, allowed);
         const keep = suppress(cands, o.iou, o.agnostic, o.maxDetections);
         const lb = f.tensor.letterbox;
-        f.detections = keep.map(
-          (i): Detection => ({
-            class: p.classNames[cands.classes[i]] ?? String(cands.classes[i]),
-            classId: cands.classes[i],
-            score: cands.scores[i],
-            box: unletterbox(cands.boxes, i, lb, f.image.width, f.image.height),
-          }),
-        );
+        f.detections = keep.map((i): Detection => ({
+          class: p.classNames[cands.classes[i]] ?? String(cands.classes[i]),
+          classId: cands.classes[i],
+          score: cands.scores[i],
+          box: unletterbox(cands.boxes, i, lb, f.image.width, f.image.height),
+        }));
         // The inference log and canary comparison wait for these (a WeakMap look-up otherwise).
         settleDetections(p, f.detections);
         // The raw output is large (8.5 MB for YOLOv5 at 640) and now consumed.

@@ -11,29 +11,54 @@ import { NatsUrl, Precision, resultConnection, resultId, resultSubject, SubjectP
 const seconds = (description: string) => v.pipe(v.number(), v.minValue(0.001), v.description(description));
 
 const Stream = v.strictObject({
-  name: v.pipe(v.string(), v.regex(/^[\w-]+$/, "expected a stream name of letters, digits, _ and -"), v.description("Stream name (letters, digits, - and _).")),
+  name: v.pipe(
+    v.string(),
+    v.regex(/^[\w-]+$/, "expected a stream name of letters, digits, _ and -"),
+    v.description("Stream name (letters, digits, - and _)."),
+  ),
   subjects: v.optional(
     v.pipe(
-      v.array(v.pipe(v.string(), v.check((s) => !checkSubject(s, true), "expected a NATS subject"))),
+      v.array(
+        v.pipe(
+          v.string(),
+          v.check((s) => !checkSubject(s, true), "expected a NATS subject"),
+        ),
+      ),
       v.minLength(1),
       v.description("Subjects it captures; default `<subject>.>`."),
     ),
   ),
   maxAge: v.optional(seconds("Seconds a result is kept (default: until maxBytes is reached, oldest first).")),
-  maxBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1024), v.description("Bytes the stream may hold; the oldest results go first (default: the server's limit)."))),
-  duplicateWindow: v.optional(seconds("Seconds a Msg-Id is remembered: a retry within it is stored once. Make it longer than the outages you expect."), 600),
+  maxBytes: v.optional(
+    v.pipe(
+      v.number(),
+      v.integer(),
+      v.minValue(1024),
+      v.description("Bytes the stream may hold; the oldest results go first (default: the server's limit)."),
+    ),
+  ),
+  duplicateWindow: v.optional(
+    seconds("Seconds a Msg-Id is remembered: a retry within it is stored once. Make it longer than the outages you expect."),
+    600,
+  ),
   storage: v.optional(v.pipe(v.picklist(["file", "memory"]), v.description("Where the stream keeps its messages.")), "file"),
 });
 
 const Options = v.strictObject({
   subject: SubjectPrefix,
   url: v.optional(NatsUrl),
-  frames: v.optional(v.pipe(v.boolean(), v.description("Store every frame's detections too (off: JetStream keeps what must not be lost, the events).")), false),
+  frames: v.optional(
+    v.pipe(v.boolean(), v.description("Store every frame's detections too (off: JetStream keeps what must not be lost, the events).")),
+    false,
+  ),
   events: v.optional(v.pipe(v.boolean(), v.description("Store events (line crossings, zone enter/exit, counts).")), true),
   precision: Precision,
   stream: v.optional(v.pipe(Stream, v.description("Create this stream when it does not exist (an existing one is used as it is)."))),
   ackTimeout: v.optional(seconds("Seconds to wait for the stream's ack before publishing again (same Msg-Id, so never stored twice)."), 5),
-  retryDelay: v.optional(seconds("First delay between attempts while JetStream is unreachable (seconds), doubled up to maxRetryDelay."), 0.25),
+  retryDelay: v.optional(
+    seconds("First delay between attempts while JetStream is unreachable (seconds), doubled up to maxRetryDelay."),
+    0.25,
+  ),
   maxRetryDelay: v.optional(seconds("Longest delay between attempts (seconds)."), 5),
 });
 type Options = v.InferOutput<typeof Options>;
@@ -95,12 +120,18 @@ export default defineOperator({
       if (o.stream) await ensureStream(jsm, o.stream, o.subject, log);
       // Without a stream for the subject every publish would wait forever: say so now.
       const stream = await jsm.streams.find(`${o.subject}.>`).catch(() => undefined);
-      if (!stream) throw new ConfigError(`no JetStream stream captures ${o.subject}.> on ${bus.nc.getServer()}: set this stage's stream: { name: … } to create one, or create it (docs/retail.md)`);
+      if (!stream)
+        throw new ConfigError(
+          `no JetStream stream captures ${o.subject}.> on ${bus.nc.getServer()}: set this stage's stream: { name: … } to create one, or create it (docs/retail.md)`,
+        );
       if (!o.stream) log.info(`storing in stream ${stream}`);
     } catch (err) {
       if (link.own) await bus.close();
       if (err instanceof ConfigError) throw err;
-      if ((err as Error).name === "JetStreamNotEnabled") throw new ConfigError(`JetStream is not enabled on ${bus.nc.getServer()}: run nats-server with -js or a jetstream {} block (pipelines/nats/*.conf)`);
+      if ((err as Error).name === "JetStreamNotEnabled")
+        throw new ConfigError(
+          `JetStream is not enabled on ${bus.nc.getServer()}: run nats-server with -js or a jetstream {} block (pipelines/nats/*.conf)`,
+        );
       throw err;
     }
     const js = jetstream(bus.nc, { timeout: o.ackTimeout * 1000 });
@@ -137,11 +168,15 @@ export default defineOperator({
             return;
           } catch (err) {
             if (bus.nc.isClosed() || wake.signal.aborted) {
-              throw new Error(`${what} NOT stored on ${subject}: ${wake.signal.aborted ? "stage closed" : "NATS connection closed"} while JetStream was unreachable (${reason(err)})`);
+              throw new Error(
+                `${what} NOT stored on ${subject}: ${wake.signal.aborted ? "stage closed" : "NATS connection closed"} while JetStream was unreachable (${reason(err)})`,
+              );
             }
             // The first failure and every tenth after it: an outage is visible without flooding the log.
             if (attempt === 1 || attempt % 10 === 0) {
-              log.warn(`storing ${what} on ${subject} failed (${reason(err)}); attempt ${attempt}, retrying in ${(delay / 1000).toFixed(2)} s — later results wait, in order`);
+              log.warn(
+                `storing ${what} on ${subject} failed (${reason(err)}); attempt ${attempt}, retrying in ${(delay / 1000).toFixed(2)} s — later results wait, in order`,
+              );
             }
             await pause(delay);
             delay = Math.min(delay * 2, o.maxRetryDelay * 1000);
@@ -160,7 +195,12 @@ export default defineOperator({
         const subject = resultSubject(o.subject, msg);
         const limit = bus.nc.info?.max_payload ?? 1024 * 1024;
         if (data.length > limit) throw new PayloadTooLargeError(subject, data.length, limit);
-        await store(subject, data, resultId(ctx.pipeline, msg, json), `${msg.kind} ${msg.stream}#${msg.seq}${msg.kind === "event" ? ` (${msg.type})` : ""}`);
+        await store(
+          subject,
+          data,
+          resultId(ctx.pipeline, msg, json),
+          `${msg.kind} ${msg.stream}#${msg.seq}${msg.kind === "event" ? ` (${msg.type})` : ""}`,
+        );
       },
       async close() {
         wake.abort();

@@ -69,10 +69,20 @@ export function resultId(pipeline: string, msg: Message, json: string): string {
  * const link = await resultConnection(o.url, ctx, "sink-nats");
  * if (link) link.bus.publishRaw("retail.cam.frames", "{}");
  */
-export async function resultConnection(url: string | undefined, ctx: StageContext, operator: string): Promise<{ bus: NatsBus; own: boolean } | undefined> {
-  if (url) return { bus: await NatsBus.connect({ url, log: ctx.log, signal: ctx.signal, name: `framewire ${ctx.pipeline}/${ctx.stage}` }), own: true };
+export async function resultConnection(
+  url: string | undefined,
+  ctx: StageContext,
+  operator: string,
+): Promise<{ bus: NatsBus; own: boolean } | undefined> {
+  if (url)
+    return {
+      bus: await NatsBus.connect({ url, log: ctx.log, signal: ctx.signal, name: `framewire ${ctx.pipeline}/${ctx.stage}` }),
+      own: true,
+    };
   if (ctx.nats) return { bus: ctx.nats, own: false };
-  ctx.log.info(`${operator} is idle: the pipeline's bus is memory (set bus: nats://… or NATS_URL, or give this stage a url) — results still go to the other sinks`);
+  ctx.log.info(
+    `${operator} is idle: the pipeline's bus is memory (set bus: nats://… or NATS_URL, or give this stage a url) — results still go to the other sinks`,
+  );
   return undefined;
 }
 
@@ -105,7 +115,8 @@ export default defineOperator({
           return;
         } catch (err) {
           if (bus.nc.isClosed()) throw new Error(`${what} may not have reached NATS: the connection is closed (${(err as Error).message})`);
-          if (!waited) ctx.log.warn(`NATS link down while publishing ${what} (${(err as Error).message}); later results wait until it is back`);
+          if (!waited)
+            ctx.log.warn(`NATS link down while publishing ${what} (${(err as Error).message}); later results wait until it is back`);
           await new Promise((r) => setTimeout(r, 250));
         }
       }

@@ -10,8 +10,16 @@ const Norm = v.pipe(v.number(), v.minValue(0), v.maxValue(1));
 const Point = v.tuple([Norm, Norm]);
 
 const Options = v.strictObject({
-  dir: v.pipe(v.string(), v.minLength(1), v.description("Folder for the JPEGs (created): `<stream>-<seq>-<type>[-<line|zone>][-<trackId>].jpg`.")),
-  types: v.optional(v.pipe(v.array(v.string()), v.minLength(1), v.description("Event types that get a snapshot.")), ["cross", "enter", "exit"]),
+  dir: v.pipe(
+    v.string(),
+    v.minLength(1),
+    v.description("Folder for the JPEGs (created): `<stream>-<seq>-<type>[-<line|zone>][-<trackId>].jpg`."),
+  ),
+  types: v.optional(v.pipe(v.array(v.string()), v.minLength(1), v.description("Event types that get a snapshot.")), [
+    "cross",
+    "enter",
+    "exit",
+  ]),
   lines: v.optional(
     v.pipe(
       v.array(v.strictObject({ id: v.string(), from: Point, to: Point })),
@@ -20,7 +28,10 @@ const Options = v.strictObject({
     [],
   ),
   zones: v.optional(
-    v.pipe(v.array(v.strictObject({ id: v.string(), polygon: v.pipe(v.array(Point), v.minLength(3)) })), v.description("Zones to draw, as given to `zones`.")),
+    v.pipe(
+      v.array(v.strictObject({ id: v.string(), polygon: v.pipe(v.array(Point), v.minLength(3)) })),
+      v.description("Zones to draw, as given to `zones`."),
+    ),
     [],
   ),
   quality: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100), v.description("JPEG quality 1..100.")), 80),
@@ -54,7 +65,12 @@ export function annotate(f: Frame, e: Event, o: Pick<Options, "lines" | "zones">
   const { place, trackId } = subject(e);
   for (const z of o.zones) {
     const color = z.id === place ? RED : YELLOW;
-    drawPolygon(r, z.polygon.map(([x, y]) => [x * W, y * H] as const), color, 2);
+    drawPolygon(
+      r,
+      z.polygon.map(([x, y]) => [x * W, y * H] as const),
+      color,
+      2,
+    );
     drawText(r, z.polygon[0][0] * W + 3, z.polygon[0][1] * H + 3, z.id, BLACK, 2, color);
   }
   for (const l of o.lines) {
@@ -68,7 +84,9 @@ export function annotate(f: Frame, e: Event, o: Pick<Options, "lines" | "zones">
     strokeRect(r, d.box, color, hit ? 3 : 2);
     if (d.trackId !== undefined) drawText(r, d.box[0] + 2, Math.max(2, d.box[1] - 13), String(d.trackId), BLACK, 2, color);
   }
-  const caption = [e.type, place, e.data.direction, trackId !== undefined ? `track ${trackId}` : undefined, `${e.stream} frame ${e.seq}`].filter((x) => x !== undefined).join(" ");
+  const caption = [e.type, place, e.data.direction, trackId !== undefined ? `track ${trackId}` : undefined, `${e.stream} frame ${e.seq}`]
+    .filter((x) => x !== undefined)
+    .join(" ");
   drawText(r, Math.max(2, W - textWidth(caption, 2) - 4), H - 14, caption, WHITE, 2, BLACK);
   return r;
 }
@@ -95,13 +113,21 @@ export default defineOperator({
         if (msg.kind === "frame") return void latest.set(msg.stream, msg);
         if (!types.has(msg.type)) return;
         const f = latest.get(msg.stream);
-        if (!f) throw new Error(`no frame of stream ${msg.stream} seen before its ${msg.type} event #${msg.seq}: is this sink reading the stage that emits both?`);
+        if (!f)
+          throw new Error(
+            `no frame of stream ${msg.stream} seen before its ${msg.type} event #${msg.seq}: is this sink reading the stage that emits both?`,
+          );
         if (f.seq !== msg.seq && ++stale <= 3) {
           // Only when frame #seq was dropped under overload on its way here: the nearest earlier one stands in.
-          ctx.log.warn(`frame ${msg.stream}#${msg.seq} was dropped before this sink; the ${msg.type} snapshot shows #${f.seq} (${stale} so far)`);
+          ctx.log.warn(
+            `frame ${msg.stream}#${msg.seq} was dropped before this sink; the ${msg.type} snapshot shows #${f.seq} (${stale} so far)`,
+          );
         }
         const { place, trackId } = subject(msg);
-        const name = [msg.stream, String(msg.seq).padStart(6, "0"), msg.type, place, trackId].filter((x) => x !== undefined).join("-").replace(/[^\w.-]/g, "_");
+        const name = [msg.stream, String(msg.seq).padStart(6, "0"), msg.type, place, trackId]
+          .filter((x) => x !== undefined)
+          .join("-")
+          .replace(/[^\w.-]/g, "_");
         await writeFile(join(o.dir, `${name}.jpg`), encodeJpeg(annotate(f, msg, o), o.quality));
         written++;
       },

@@ -19,10 +19,19 @@ const Options = v.strictObject({
   precision: Precision,
   timeout: v.optional(seconds("Seconds one request may take."), 5),
   retries: v.optional(
-    v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(1000), v.description("Attempts after the first before a result is given up (loudly: a stage failure and an error line).")),
+    v.pipe(
+      v.number(),
+      v.integer(),
+      v.minValue(0),
+      v.maxValue(1000),
+      v.description("Attempts after the first before a result is given up (loudly: a stage failure and an error line)."),
+    ),
     5,
   ),
-  retryDelay: v.optional(seconds("First delay between attempts (seconds), doubled up to maxRetryDelay; a Retry-After answer is honoured up to it."), 0.5),
+  retryDelay: v.optional(
+    seconds("First delay between attempts (seconds), doubled up to maxRetryDelay; a Retry-After answer is honoured up to it."),
+    0.5,
+  ),
   maxRetryDelay: v.optional(seconds("Longest delay between attempts (seconds)."), 30),
 });
 
@@ -43,7 +52,8 @@ const redact = (url: string) => url.replace(/\/\/[^/@]*@/, "//***@");
 export default defineOperator({
   name: "sink-webhook",
   kind: "sink",
-  description: "POST events (and optionally frame results) as JSON to an HTTP endpoint: timeout, retries with exponential backoff, idempotency key.",
+  description:
+    "POST events (and optionally frame results) as JSON to an HTTP endpoint: timeout, retries with exponential backoff, idempotency key.",
   options: Options,
   create(o, ctx) {
     const target = redact(o.url);
@@ -105,7 +115,9 @@ export default defineOperator({
             throw new Error(`${what} NOT delivered to ${target} (${cause}; last: ${failed.why}) — ${lost} lost so far`);
           }
           const wait = Math.min(failed.after ?? delay, o.maxRetryDelay * 1000);
-          ctx.log.warn(`POST ${what} to ${target} failed (${failed.why}); attempt ${n + 1} of ${o.retries + 1}, retrying in ${(wait / 1000).toFixed(2)} s — later results wait, in order`);
+          ctx.log.warn(
+            `POST ${what} to ${target} failed (${failed.why}); attempt ${n + 1} of ${o.retries + 1}, retrying in ${(wait / 1000).toFixed(2)} s — later results wait, in order`,
+          );
           await pause(wait);
           delay = Math.min(delay * 2, o.maxRetryDelay * 1000);
         }
