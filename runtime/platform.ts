@@ -4,7 +4,7 @@
  * of runtime/ use only these functions, web-standard APIs and node: modules
  * that both runtimes implement.
  */
-import { existsSync as fsExistsSync } from "node:fs";
+import { existsSync as fsExistsSync, readFileSync } from "node:fs";
 import { appendFile, mkdir, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import { cpuUsage, memoryUsage, resourceUsage } from "node:process";
@@ -97,8 +97,18 @@ export function cpuTime(): number {
   return (u.user + u.system) / 1000;
 }
 
-/** Peak resident set size of this process (not its children) in bytes. */
+/**
+ * Peak resident set size of this process (not its children) in bytes. On
+ * Linux from /proc (VmHWM): getrusage's figure survives exec, so a process
+ * spawned by a large one would report its parent's size.
+ */
 export function peakRss(): number {
+  try {
+    const kb = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
+    if (kb) return Number(kb) * 1024;
+  } catch {
+    // Not Linux: fall back to getrusage.
+  }
   return resourceUsage().maxRSS * 1024;
 }
 
