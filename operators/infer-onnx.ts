@@ -207,7 +207,12 @@ export default defineOperator({
           );
         ov.checked = true;
       }
-      const out = await ov.m.run(t.data, t.dims);
+      // The tensor's memory is lent to the inference thread and handed back, even when the run fails.
+      const out = await ov.m.run(t.data, t.dims, true).catch((err: Error & { input?: Float32Array }) => {
+        if (err.input) t.data = err.input;
+        throw err;
+      });
+      t.data = out.input;
       ov.layout ??= detectLayout(out.dims, o.layout);
       return { layout: ov.layout, dims: out.dims, data: out.data, classNames, model: ov.name };
     }

@@ -72,24 +72,38 @@ export function toTensor(src: Uint8Array, p: Plan, W: number, H: number, bgr: bo
   const [r, b] = bgr ? [2, 0] : [0, 2];
   const { x0, x1, fx, y0, y1, fy, nw, nh } = p;
   const k = 1 / 255;
+  // Separable: each source row is interpolated across once (into rowA/rowB),
+  // then output rows blend two of them; half the work of four taps per pixel.
+  let rowA = new Float32Array(nw * 3);
+  let rowB = new Float32Array(nw * 3);
+  let ia = -1;
+  let ib = -1;
+  const across = (dst: Float32Array, row: number) => {
+    for (let x = 0, i = 0; x < nw; x++, i += 3) {
+      const a = row + x0[x];
+      const c = row + x1[x];
+      const w = fx[x];
+      dst[i] = src[a] + (src[c] - src[a]) * w;
+      dst[i + 1] = src[a + 1] + (src[c + 1] - src[a + 1]) * w;
+      dst[i + 2] = src[a + 2] + (src[c + 2] - src[a + 2]) * w;
+    }
+  };
   for (let y = 0; y < nh; y++) {
     const ra = y0[y];
     const rb = y1[y];
+    // Rows only move down: last row's lower source row is often this row's upper one.
+    if (ra === ib && ra !== ia) [rowA, rowB, ia, ib] = [rowB, rowA, ib, ia];
+    if (ra !== ia) across(rowA, (ia = ra));
+    if (rb !== ib) across(rowB, (ib = rb));
     const wy = fy[y];
     let o = (y + p.box.padY) * W + p.box.padX;
-    for (let x = 0; x < nw; x++, o++) {
-      const wx = fx[x];
-      const a = ra + x0[x];
-      const bb = ra + x1[x];
-      const c = rb + x0[x];
-      const d = rb + x1[x];
-      const w00 = (1 - wx) * (1 - wy) * k;
-      const w01 = wx * (1 - wy) * k;
-      const w10 = (1 - wx) * wy * k;
-      const w11 = wx * wy * k;
-      out[o] = src[a + r] * w00 + src[bb + r] * w01 + src[c + r] * w10 + src[d + r] * w11;
-      out[o + plane] = src[a + 1] * w00 + src[bb + 1] * w01 + src[c + 1] * w10 + src[d + 1] * w11;
-      out[o + 2 * plane] = src[a + b] * w00 + src[bb + b] * w01 + src[c + b] * w10 + src[d + b] * w11;
+    for (let i = 0; i < nw * 3; i += 3, o++) {
+      const R = rowA[i + r];
+      const G = rowA[i + 1];
+      const B = rowA[i + b];
+      out[o] = (R + (rowB[i + r] - R) * wy) * k;
+      out[o + plane] = (G + (rowB[i + 1] - G) * wy) * k;
+      out[o + 2 * plane] = (B + (rowB[i + b] - B) * wy) * k;
     }
   }
   return out;

@@ -10,11 +10,12 @@ export type { ModelInfo };
  * answered in order; several may be queued.
  * @example
  * const t = await OnnxThread.start({ model: "yolov5n.onnx", providers: ["cpu"], threads: 0 }, log);
- * const { data, dims } = await t.run(tensor.data, tensor.dims);
+ * const { data, dims, input } = await t.run(tensor.data, tensor.dims, true);
+ * tensor.data = input; // lent to the thread, handed back
  * t.close();
  */
 export class OnnxThread {
-  private pending = new Map<number, { resolve(r: { data: Float32Array; dims: number[] }): void; reject(e: Error): void }>();
+  private pending = new Map<number, { resolve(r: { data: Float32Array; dims: number[]; input: Float32Array }): void; reject(e: Error): void }>();
   private nextId = 0;
   /** Set once the thread crashed or was closed: later runs fail at once instead of waiting forever. */
   private gone?: Error;
@@ -50,14 +51,19 @@ export class OnnxThread {
     });
   }
 
-  /** Runs the model on one input; the input is copied to the thread, the output handed back without a copy. */
-  run(input: Float32Array, dims: readonly number[]): Promise<{ data: Float32Array; dims: number[] }> {
+  /**
+   * Runs the model on one input and resolves with the output and the input.
+   * With `lend`, the input's memory moves to the thread and comes back as
+   * `input` (no copy either way; until then the caller's array is empty);
+   * otherwise, or when the input is a view into a larger buffer, it is copied.
+   */
+  run(input: Float32Array, dims: readonly number[], lend = false): Promise<{ data: Float32Array; dims: number[]; input: Float32Array }> {
     if (this.gone) return Promise.reject(this.gone);
     const id = this.nextId++;
+    const whole = lend && input.byteOffset === 0 && input.byteLength === input.buffer.byteLength && input.buffer instanceof ArrayBuffer;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      // Cloned, not transferred: the caller's frame (or request body) may still be read elsewhere.
-      this.worker.postMessage({ type: "run", id, input, dims: [...dims] } satisfies ToWorker);
+      this.worker.postMessage({ type: "run", id, input: whole ? input : input.slice(), dims: [...dims] } satisfies ToWorker, whole ? [input.buffer] : []);
     });
   }
 
@@ -72,8 +78,8 @@ export class OnnxThread {
     const p = m.id === undefined ? undefined : this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id!);
-    if (m.type === "result") p.resolve({ data: m.data, dims: m.dims });
-    else p.reject(new Error(m.message));
+    if (m.type === "result") p.resolve({ data: m.data, dims: m.dims, input: m.input });
+    else p.reject(Object.assign(new Error(m.message), { input: m.input }));
   }
 
   private fail(err: Error): void {

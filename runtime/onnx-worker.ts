@@ -26,8 +26,8 @@ export type ToWorker = { type: "load"; options: ModelOptions } | { type: "run"; 
 export type FromWorker =
   | { type: "up" }
   | { type: "loaded"; info: ModelInfo }
-  | { type: "result"; id: number; data: Float32Array; dims: number[] }
-  | { type: "failed"; id?: number; message: string; config: boolean }
+  | { type: "result"; id: number; data: Float32Array; dims: number[]; input: Float32Array }
+  | { type: "failed"; id?: number; message: string; config: boolean; input?: Float32Array }
   | { type: "warn"; message: string };
 
 /** The worker side of the channel (Bun and Deno both give workers a `self` like this). */
@@ -62,11 +62,13 @@ self.onmessage = async (e) => {
       if (!model) throw new Error("run before load");
       const out = (await model.session.run({ [model.inputName]: new ort.Tensor("float32", msg.input, msg.dims) }))[model.outputName];
       const data = out.data as Float32Array;
-      // The output is this thread's own buffer: hand it over rather than copy 8 MB.
-      self.postMessage({ type: "result", id: msg.id, data, dims: [...out.dims] }, [data.buffer]);
+      // The output is this thread's own buffer: hand it over rather than copy 8 MB; the input goes back the same way.
+      self.postMessage({ type: "result", id: msg.id, data, dims: [...out.dims], input: msg.input }, [data.buffer, msg.input.buffer]);
     }
   } catch (err) {
-    self.postMessage({ type: "failed", id: msg.type === "run" ? msg.id : undefined, message: (err as Error).message, config: err instanceof ConfigError });
+    const failed: FromWorker = { type: "failed", message: (err as Error).message, config: err instanceof ConfigError };
+    if (msg.type === "run") self.postMessage({ ...failed, id: msg.id, input: msg.input }, [msg.input.buffer]);
+    else self.postMessage(failed);
   }
 };
 // Messages sent before this module finished evaluating (its imports use top-level await) can be lost: say when to start.
