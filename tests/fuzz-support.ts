@@ -3,30 +3,8 @@
  * every run, so a failure names a case that can be replayed.
  */
 
-/** mulberry32: a small, fast, seedable PRNG (uniform in [0, 1)). */
-export function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  return {
-    next,
-    /** Integer in [0, n). */
-    int,
-    pick: <T>(xs: readonly T[]): T => xs[int(xs.length)],
-    bytes(n: number): Uint8Array {
-      const b = new Uint8Array(n);
-      for (let i = 0; i < n; i++) b[i] = int(256);
-      return b;
-    },
-  };
-}
-export type Rng = ReturnType<typeof rng>;
+export { rng, type Rng } from "./support/random.ts";
+import type { Rng } from "./support/random.ts";
 
 /** A copy of `b` with `count` bytes in [from, to) replaced by random values. */
 export function flipBytes(r: Rng, b: Uint8Array, count: number, from = 0, to = b.length): Uint8Array {
