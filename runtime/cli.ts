@@ -15,7 +15,7 @@ import { NatsBus } from "./nats-bus.ts";
 import type { Bus } from "./bus.ts";
 import type { Logger } from "./log.ts";
 import type { NatsConfig, PipelineSpec } from "./loader.ts";
-import { basename } from "node:path";
+import { basename, isAbsolute, relative } from "node:path";
 import { resolvePipelineFile } from "./paths.ts";
 import { args as argv, env, existsSync, exit, onShutdownSignal, peakRss } from "./platform.ts";
 import { loadRegistry } from "./registry.ts";
@@ -33,7 +33,9 @@ async function openPipeline(name: string | undefined) {
   if (!name) throw new ConfigError(`no pipeline file given\n${USAGE}`);
   const file = resolvePipelineFile(name);
   if (!file) throw new ConfigError(`pipeline file not found: ${name} (looked in the working directory and pipelines/)`);
-  return loadPipeline(file, await loadRegistry());
+  // Messages name the file as short as it can be said from here (pipelines/demo.yaml, not a full path).
+  const near = relative(process.cwd(), file);
+  return loadPipeline(near.startsWith("..") || isAbsolute(near) ? file : near, await loadRegistry());
 }
 
 async function createBus(url: string, cfg: NatsConfig | undefined, log: Logger, signal: AbortSignal): Promise<Bus> {
