@@ -164,14 +164,8 @@ export class NatsBus implements Bus {
       queue: opts.queue,
       callback: (err, m) => {
         if (err) return this.log.error(`subscription ${pattern}: ${err.message}`);
-        let msg: Message;
-        try {
-          msg = decodeMessage(m.data);
-        } catch (e) {
-          this.reject(m.subject, e as Error);
-          return;
-        }
-        this.stats.received++;
+        const msg = this.decode(m.subject, m.data);
+        if (!msg) return;
         const r = handler(msg, m.subject);
         if (r) r.catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`));
       },
@@ -223,15 +217,8 @@ export class NatsBus implements Bus {
       queue: opts.queue,
       callback: (err, m) => {
         if (err) return this.log.error(`endpoint ${subject}: ${err.message}`);
-        let msg: Message;
-        try {
-          msg = decodeMessage(m.data);
-        } catch (e) {
-          this.reject(m.subject, e as Error);
-          m.respond("rejected");
-          return;
-        }
-        this.stats.received++;
+        const msg = this.decode(m.subject, m.data);
+        if (!msg) return void m.respond("rejected");
         handler(msg).then(
           (r) => m.respond(r),
           (e) => m.respond(`failed: ${(e as Error).message}`),
@@ -239,6 +226,18 @@ export class NatsBus implements Bus {
       },
     });
     return { unsubscribe: () => sub.unsubscribe() };
+  }
+
+  /** A received message, counted; or undefined when it is not wire format (rejected, counted, logged). */
+  private decode(subject: string, data: Uint8Array): Message | undefined {
+    try {
+      const msg = decodeMessage(data);
+      this.stats.received++;
+      return msg;
+    } catch (e) {
+      this.reject(subject, e as Error);
+      return undefined;
+    }
   }
 
   private reject(subject: string, err: Error): void {
