@@ -3,6 +3,8 @@
 // length, JPEG; see runtime/http/live.ts). With a protected server, open the
 // page as /#token=<token>.
 
+import { takeRecords } from "./live-records.js";
+
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
 const auth = token ? { Authorization: `Bearer ${token}` } : {};
 const $ = (id) => document.getElementById(id);
@@ -256,34 +258,19 @@ async function onRecord(header, jpeg) {
 }
 
 async function feed() {
-  const decoder = new TextDecoder();
   for (;;) {
     try {
       const res = await fetch("/api/live", { headers: auth });
       if (!res.ok || !res.body) throw new Error(`feed: HTTP ${res.status}`);
       $("feed-state").textContent = "live";
       const reader = res.body.getReader();
-      let buf = new Uint8Array(0);
+      let rest = new Uint8Array(0);
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
-        const joined = new Uint8Array(buf.length + value.length);
-        joined.set(buf);
-        joined.set(value, buf.length);
-        buf = joined;
-        // Records back to back: take every complete one.
-        for (;;) {
-          if (buf.length < 4) break;
-          const view = new DataView(buf.buffer, buf.byteOffset);
-          const hl = view.getUint32(0);
-          if (buf.length < 8 + hl) break;
-          const jl = view.getUint32(4 + hl);
-          if (buf.length < 8 + hl + jl) break;
-          const header = JSON.parse(decoder.decode(buf.subarray(4, 4 + hl)));
-          const jpeg = buf.slice(8 + hl, 8 + hl + jl);
-          buf = buf.slice(8 + hl + jl);
-          await onRecord(header, jpeg);
-        }
+        const taken = takeRecords(rest, value);
+        rest = taken.rest;
+        for (const r of taken.records) await onRecord(r.header, r.jpeg);
       }
       $("feed-state").textContent = "feed ended; reconnecting";
     } catch (err) {

@@ -6,7 +6,7 @@
  *   GET  /metrics                          Prometheus text
  *   GET  /api/status                       stages, workers, load, models and versions
  *   GET  /api/live                         the live page's feed (see live.ts)
- *   GET  /, /app.js, /style.css            the live page
+ *   GET  /, /app.js, /live-records.js, /style.css   the live page
  *   POST /api/models/:stage/reload         { model?, canary? }   control: bearer token
  *   POST /api/models/:stage/promote        control
  *   POST /api/models/:stage/rollback       control

@@ -26,6 +26,7 @@ export interface HttpServer {
 const ASSETS: [path: string, file: string, type: string][] = [
   ["/", "index.html", "text/html; charset=utf-8"],
   ["/app.js", "app.js", "text/javascript; charset=utf-8"],
+  ["/live-records.js", "live-records.js", "text/javascript; charset=utf-8"],
   ["/style.css", "style.css", "text/css; charset=utf-8"],
 ];
 

@@ -3,6 +3,7 @@
  * on a free port, a strict Prometheus text-format parser, and a reader for
  * the live feed's records.
  */
+import { takeRecords } from "../../web/live-records.js";
 import { repoRoot } from "./paths.ts";
 import { startProcess, type Child } from "./process.ts";
 
@@ -109,26 +110,14 @@ export interface LiveRecord {
 export async function readLiveRecords(body: ReadableStream<Uint8Array>, enough: (records: LiveRecord[]) => boolean): Promise<LiveRecord[]> {
   const reader = body.getReader();
   const records: LiveRecord[] = [];
-  let buf = new Uint8Array(0);
-  const dec = new TextDecoder();
+  let rest: Uint8Array = new Uint8Array(0);
   try {
     while (!enough(records)) {
       const { value, done } = await reader.read();
       if (done) break;
-      const joined = new Uint8Array(buf.length + value.length);
-      joined.set(buf);
-      joined.set(value, buf.length);
-      buf = joined;
-      for (;;) {
-        if (buf.length < 4) break;
-        const dv = new DataView(buf.buffer, buf.byteOffset);
-        const hl = dv.getUint32(0);
-        if (buf.length < 8 + hl) break;
-        const jl = dv.getUint32(4 + hl);
-        if (buf.length < 8 + hl + jl) break;
-        records.push({ header: JSON.parse(dec.decode(buf.subarray(4, 4 + hl))), jpeg: buf.slice(8 + hl, 8 + hl + jl) });
-        buf = buf.slice(8 + hl + jl);
-      }
+      const taken = takeRecords(rest, value);
+      rest = taken.rest;
+      records.push(...taken.records);
     }
   } finally {
     await reader.cancel();
