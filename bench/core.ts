@@ -7,11 +7,11 @@ import * as ort from "onnxruntime-node";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Frame } from "../runtime/message.ts";
-import type { SourceInstance, StageContext, TransformInstance } from "../runtime/operator.ts";
-import { createLogger } from "../runtime/log.ts";
-import { projectRoot } from "../runtime/paths.ts";
-import { loadRegistry } from "../runtime/registry.ts";
+import type { Frame } from "../runtime/core/message.ts";
+import type { SourceInstance, StageContext, TransformInstance } from "../runtime/core/operator.ts";
+import { createLogger } from "../runtime/core/log.ts";
+import { projectRoot } from "../runtime/platform/paths.ts";
+import { loadRegistry } from "../runtime/spec/registry.ts";
 import { fmt, markdownTable } from "./table.ts";
 
 const CLIP = join(projectRoot, "pipelines/media/vtest.mp4");

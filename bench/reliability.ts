@@ -6,12 +6,12 @@
  *   bun run bench soak --minutes 10   # RSS and latency slope over N minutes
  */
 import * as v from "valibot";
-import { Executor } from "../runtime/executor.ts";
-import { parsePipeline } from "../runtime/loader.ts";
-import { MemoryBus } from "../runtime/memory-bus.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import { rss } from "../runtime/platform.ts";
-import { loadRegistry } from "../runtime/registry.ts";
+import { Executor } from "../runtime/engine/executor.ts";
+import { parsePipeline } from "../runtime/spec/loader.ts";
+import { MemoryBus } from "../runtime/bus/memory.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import { rss } from "../runtime/platform/index.ts";
+import { loadRegistry } from "../runtime/spec/registry.ts";
 import { fmt, markdownTable } from "./table.ts";
 
 const SOURCE_FPS = 10;

@@ -8,8 +8,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import tracker, { createTracker } from "../operators/tracker.ts";
-import type { Detection, Frame } from "../runtime/message.ts";
-import { pipelinesDir, projectRoot } from "../runtime/paths.ts";
+import type { Detection, Frame } from "../runtime/core/message.ts";
+import { pipelinesDir, projectRoot } from "../runtime/platform/paths.ts";
 import { fmt, markdownTable } from "./table.ts";
 
 /** A deterministic PRNG (mulberry32): the same crowd on every run. */
@@ -57,7 +57,7 @@ function trackerCost(method: "bytetrack" | "sort", n: number, minMs = 1500): { u
   const t0 = performance.now();
   for (let i = 50; ; i = i + 1 < frames.length ? i + 1 : 50) {
     // Wrapping round restarts the stream (seq goes back): the tracker starts over, as it would for a restarted source.
-    tracks = t.update(frames[i]).length;
+    tracks = t.update(frames[i]).tracks.length;
     done++;
     if (done >= 200 && performance.now() - t0 >= minMs) break;
   }

@@ -6,8 +6,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { projectRoot } from "../runtime/paths.ts";
-import { existsSync, spawn } from "../runtime/platform.ts";
+import { projectRoot } from "../runtime/platform/paths.ts";
+import { existsSync, spawn } from "../runtime/platform/index.ts";
 import { fmt, markdownTable } from "./table.ts";
 
 const CLI = join(projectRoot, "runtime/cli.ts");

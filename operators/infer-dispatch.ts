@@ -1,11 +1,10 @@
 import * as v from "valibot";
-import { ConfigError } from "../runtime/errors.ts";
-import { hostLoad } from "../runtime/host-load.ts";
-import { describeIssue, formatPath } from "../runtime/issues.ts";
-import type { Frame } from "../runtime/message.ts";
-import { defineOperator, type OperatorMetric, type TransformDefinition, type TransformInstance } from "../runtime/operator.ts";
-import { which } from "../runtime/platform.ts";
-import { loadRegistry } from "../runtime/registry.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import { hostLoad } from "../runtime/platform/host-load.ts";
+import { describeIssue, formatPath } from "../runtime/spec/issues.ts";
+import { derive, type Frame } from "../runtime/core/message.ts";
+import { defineOperator, type OperatorMetric, type TransformDefinition, type TransformInstance } from "../runtime/core/operator.ts";
+import { which } from "../runtime/platform/index.ts";
 
 /** Operators a variant may use: each attaches `frame.predictions` from `frame.tensor`. */
 const VARIANT_OPERATORS = ["infer-onnx", "infer-triton"] as const;
@@ -164,9 +163,10 @@ export default defineOperator({
     "Pick a model variant (infer-triton, infer-onnx, ...) per frame by live load (in flight, latency, CPU/GPU) with fallback on failure.",
   options: Options,
   async create(o, ctx) {
-    const registry = await loadRegistry();
+    const known = ctx.operators;
+    if (!known) throw new ConfigError(`${ctx.stage}: infer-dispatch needs the pipeline's operators (run it in a pipeline)`);
     const defs = o.variants.map((vr, i) => {
-      const def = registry.get(vr.use) as TransformDefinition;
+      const def = known.get(vr.use) as TransformDefinition;
       const r = v.safeParse(def.options, vr.with, { abortEarly: false });
       if (!r.success) {
         const lines = r.issues.map(
@@ -288,8 +288,10 @@ export default defineOperator({
             s.load.latencyAt = t1;
             s.load.coolUntil = 0;
             s.frames++;
-            f.timings[`${ctx.stage}@${s.id}`] = ms;
-            return out;
+            // Which variant ran, and how long: on a new frame (the variant's output is frozen).
+            return out && !Array.isArray(out) && out.kind === "frame"
+              ? derive(out, { timings: { ...out.timings, [`${ctx.stage}@${s.id}`]: ms } })
+              : out;
           } catch (err) {
             const message = (err as Error).message;
             errors.push(`${s.id}: ${message}`);

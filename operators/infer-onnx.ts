@@ -1,14 +1,15 @@
 import * as v from "valibot";
 import { basename } from "node:path";
-import { ConfigError } from "../runtime/errors.ts";
-import { hostLoad } from "../runtime/host-load.ts";
-import { awaitDetections, confidenceOf, RotatingLog, type InferenceRecord } from "../runtime/inference-log.ts";
-import type { Frame, Predictions, Tensor } from "../runtime/message.ts";
-import { ModelLifecycle, type ModelVersion, type VersionLoader } from "../runtime/model-lifecycle.ts";
-import { modelVersion, PROVIDERS } from "../runtime/onnx-model.ts";
-import { OnnxThread } from "../runtime/onnx-thread.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import { resolveModel } from "../runtime/paths.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import { hostLoad } from "../runtime/platform/host-load.ts";
+import { confidenceOf, RotatingLog, type InferenceRecord } from "../runtime/inference/inference-log.ts";
+import { decodeDetections, detectLayout, LayoutOption, type LayoutChoice } from "../runtime/inference/yolo.ts";
+import { derive, type Frame, type Predictions, type Tensor } from "../runtime/core/message.ts";
+import { ModelLifecycle, type ModelVersion, type VersionLoader } from "../runtime/inference/model-lifecycle.ts";
+import { modelVersion, PROVIDERS } from "../runtime/inference/onnx-model.ts";
+import { OnnxThread } from "../runtime/inference/onnx-thread.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import { resolveModel } from "../runtime/platform/paths.ts";
 
 const Options = v.strictObject({
   model: v.pipe(
@@ -35,13 +36,7 @@ const Options = v.strictObject({
     0,
   ),
   names: v.optional(v.pipe(v.array(v.string()), v.description("Class names, when the model's metadata has none."))),
-  layout: v.optional(
-    v.pipe(
-      v.picklist(["auto", "yolov5", "yolov8"]),
-      v.description("Output layout; auto tells YOLOv5 (1×N×(5+C)) from YOLOv8 (1×(4+C)×N) by shape."),
-    ),
-    "auto",
-  ),
+  layout: LayoutOption,
   watch: v.optional(
     v.pipe(
       v.boolean(),
@@ -108,13 +103,6 @@ const Options = v.strictObject({
 });
 type Options = v.InferOutput<typeof Options>;
 
-/** Which YOLO layout an output of these dims is, or an error message. */
-export function detectLayout(dims: readonly number[], want: Options["layout"]): "yolov5" | "yolov8" {
-  if (dims.length !== 3) throw new Error(`expected a 3-D YOLO output, got [${dims.join(", ")}]`);
-  if (want !== "auto") return want;
-  return dims[1] > dims[2] ? "yolov5" : "yolov8";
-}
-
 /** One loaded version of the stage's model, with what its first frame established. */
 interface OnnxVersion {
   m: OnnxThread;
@@ -127,7 +115,7 @@ interface OnnxVersion {
  * Runs a new version once on zeros of the input size before it gets frames,
  * so a model that cannot run, or cannot take the frames, is refused at load.
  */
-async function warmUp(m: OnnxThread, frameDims: readonly number[] | undefined, layout: Options["layout"]): Promise<void> {
+async function warmUp(m: OnnxThread, frameDims: readonly number[] | undefined, layout: LayoutChoice): Promise<void> {
   const { inputDims, file } = m.info;
   const fixed = (d: number | string): d is number => typeof d === "number" && d > 0;
   if (frameDims && inputDims.some((d, i) => fixed(d) && d !== frameDims[i])) {
@@ -139,8 +127,8 @@ async function warmUp(m: OnnxThread, frameDims: readonly number[] | undefined, l
   detectLayout(out.dims, layout);
 }
 
-/** Inferences noted for the log with no nms in this process to finish them: then lines are written without confidence. */
-const UNSETTLED_LIMIT = 100;
+/** How the log and the canary check decode predictions (nms's defaults). */
+const FOLLOW_DECODE = { conf: 0.25, iou: 0.45 } as const;
 
 /**
  * Runs a YOLO-family ONNX detector on each frame's tensor with
@@ -193,9 +181,8 @@ export default defineOperator({
       : undefined;
     const releaseLoad = log ? hostLoad.acquire() : undefined;
     if (o.watch) life.watch(life.active.loaded.file);
-    let noted = 0;
-    let settled = 0;
-    let unsettled = false;
+    /** Input buffers this stage owns: a frame's tensor is shared with other subscribers, so the inference thread gets a copy it may keep while it runs. */
+    const spare: Float32Array[] = [];
 
     async function infer(ov: OnnxVersion, t: Tensor): Promise<Predictions> {
       const { inputDims, classNames } = ov.m.info;
@@ -207,12 +194,15 @@ export default defineOperator({
           );
         ov.checked = true;
       }
-      // The tensor's memory is lent to the inference thread and handed back, even when the run fails.
-      const out = await ov.m.run(t.data, t.dims, true).catch((err: Error & { input?: Float32Array }) => {
-        if (err.input) t.data = err.input;
+      // An owned copy of the tensor is lent to the inference thread and handed back, even when the run fails.
+      let buf = spare.pop();
+      if (buf?.length !== t.data.length) buf = new Float32Array(t.data.length);
+      buf.set(t.data);
+      const out = await ov.m.run(buf, t.dims, true).catch((err: Error & { input?: Float32Array }) => {
+        if (err.input) spare.push(err.input);
         throw err;
       });
-      t.data = out.input;
+      spare.push(out.input);
       ov.layout ??= detectLayout(out.dims, o.layout);
       return { layout: ov.layout, dims: out.dims, data: out.data, classNames, model: ov.name };
     }
@@ -238,21 +228,15 @@ export default defineOperator({
       return JSON.stringify(record);
     }
 
-    /** Log line and canary confidence, once nms in this process has decoded the predictions. */
+    /**
+     * Log line and canary confidence: the predictions decoded here as nms
+     * would with its defaults, so both work wherever nms runs (another
+     * process included). Only done while a log is kept or a canary compared.
+     */
     function follow(p: Predictions, f: Frame, ver: ModelVersion<OnnxVersion>, ms: number): void {
-      const at = Date.now();
-      if (unsettled) return void log?.write(line(f, ver, ms, at, null));
-      awaitDetections(p, (dets) => {
-        settled++;
-        life.settle(ver, dets);
-        log?.write(line(f, ver, ms, at, dets));
-      });
-      if (++noted === UNSETTLED_LIMIT && settled === 0 && log) {
-        unsettled = true;
-        ctx.log.warn(
-          `inference log: no nms stage in this process decodes ${ctx.stage}'s output; writing lines without detections and confidence`,
-        );
-      }
+      const dets = decodeDetections(p, f.tensor!.letterbox, f.image.width, f.image.height, FOLLOW_DECODE);
+      life.settle(ver, dets);
+      log?.write(line(f, ver, ms, Date.now(), dets));
     }
 
     return {
@@ -270,9 +254,8 @@ export default defineOperator({
             const p = await infer(ver.model, f.tensor);
             const ms = performance.now() - t0;
             life.finish(ver, ms, true);
-            f.predictions = p;
             if (log || life.comparing) follow(p, f, ver, ms);
-            return f;
+            return derive(f, { predictions: p });
           } catch (err) {
             const trial = ver !== life.active;
             life.finish(ver, performance.now() - t0, false);

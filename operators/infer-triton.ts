@@ -1,5 +1,5 @@
 import * as v from "valibot";
-import { ConfigError } from "../runtime/errors.ts";
+import { ConfigError, codedError, FramewireError } from "../runtime/core/errors.ts";
 import {
   decodeInferResponse,
   encodeInferRequest,
@@ -9,12 +9,12 @@ import {
   type ModelMetadata,
   type TensorMetadata,
   type WireDatatype,
-} from "../runtime/kserve.ts";
-import type { Logger } from "../runtime/log.ts";
-import type { Frame, Predictions } from "../runtime/message.ts";
-import { describeFetchError } from "../runtime/fetch-error.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import { detectLayout } from "./infer-onnx.ts";
+} from "../runtime/inference/kserve.ts";
+import type { Logger } from "../runtime/core/log.ts";
+import { derive, type Frame, type Predictions } from "../runtime/core/message.ts";
+import { describeFetchError } from "../runtime/platform/fetch-error.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import { detectLayout, LayoutOption } from "../runtime/inference/yolo.ts";
 
 const seconds = (dflt: number, min: number, text: string) =>
   v.optional(v.pipe(v.number(), v.minValue(min), v.maxValue(3600), v.description(text)), dflt);
@@ -50,26 +50,22 @@ const Options = v.strictObject({
   names: v.optional(
     v.pipe(v.array(v.string()), v.description("Class names; default: from a framewire server's metadata (Triton has none to give).")),
   ),
-  layout: v.optional(
-    v.pipe(v.picklist(["auto", "yolov5", "yolov8"]), v.description("Output layout; auto tells YOLOv5 from YOLOv8 by shape.")),
-    "auto",
-  ),
+  layout: LayoutOption,
 });
 type Options = v.InferOutput<typeof Options>;
 
 /** The server could not be reached or kept failing with a retryable status. */
-export class TritonUnavailableError extends Error {
-  override name = "TritonUnavailableError";
-}
+export const TritonUnavailableError = codedError("TritonUnavailableError", "E_TRITON_UNAVAILABLE");
+export type TritonUnavailableError = InstanceType<typeof TritonUnavailableError>;
 
 /** The server answered with an error that a retry would not fix (4xx, 500). */
-export class TritonRequestError extends Error {
+export class TritonRequestError extends FramewireError {
   override name = "TritonRequestError";
   constructor(
     readonly status: number,
     message: string,
   ) {
-    super(message);
+    super("E_TRITON_REQUEST", message);
   }
 }
 
@@ -292,8 +288,7 @@ export default defineOperator({
           );
         const dims = out.shape.length === 2 ? [1, ...out.shape] : out.shape;
         layout ??= detectLayout(dims, o.layout);
-        f.predictions = { layout, dims, data: out.data, classNames, model: o.model };
-        return f;
+        return derive(f, { predictions: { layout, dims, data: out.data, classNames, model: o.model } });
       },
       metrics: () => [
         {

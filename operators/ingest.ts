@@ -1,10 +1,10 @@
 import * as v from "valibot";
-import { resolveFfmpeg } from "../runtime/ffmpeg.ts";
-import type { Frame } from "../runtime/message.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import { resolveMediaPath } from "../runtime/paths.ts";
-import { spawn, type ChildProcess } from "../runtime/platform.ts";
-import { PpmReader } from "../runtime/ppm-reader.ts";
+import { resolveFfmpeg } from "../runtime/media/ffmpeg.ts";
+import type { Frame } from "../runtime/core/message.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import { resolveMediaPath } from "../runtime/platform/paths.ts";
+import { spawn, type ChildProcess } from "../runtime/platform/index.ts";
+import { PpmReader } from "../runtime/media/ppm.ts";
 
 const STREAMING = /^(rtsps?|rtmps?|srt|udp|rtp|tcp):\/\//i;
 const HAS_SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;

@@ -1,6 +1,6 @@
 import * as v from "valibot";
-import type { Frame, Letterbox } from "../runtime/message.ts";
-import { defineOperator } from "../runtime/operator.ts";
+import { derive, type Frame, type Letterbox } from "../runtime/core/message.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
 
 const Options = v.strictObject({
   width: v.optional(v.pipe(v.number(), v.integer(), v.minValue(8), v.maxValue(4096)), 640),
@@ -132,13 +132,14 @@ export default defineOperator({
         const key = `${image.width}x${image.height}`;
         let plan = plans.get(key);
         if (!plan) plans.set(key, (plan = makePlan(image.width, image.height, width, height, mode)));
-        f.tensor = {
-          dims: [1, 3, height, width],
-          dtype: "float32",
-          data: toTensor(image.data, plan, width, height, image.format === "bgr24"),
-          letterbox: plan.box,
-        };
-        return f;
+        return derive(f, {
+          tensor: {
+            dims: [1, 3, height, width],
+            dtype: "float32",
+            data: toTensor(image.data, plan, width, height, image.format === "bgr24"),
+            letterbox: plan.box,
+          },
+        });
       },
     };
   },

@@ -1,12 +1,12 @@
 import * as v from "valibot";
 import { JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
-import { ConfigError } from "../runtime/errors.ts";
-import type { Logger } from "../runtime/log.ts";
-import { PayloadTooLargeError } from "../runtime/nats-bus.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import { checkSubject } from "../runtime/subject.ts";
-import { toJsonLine } from "./sink-jsonl.ts";
-import { NatsUrl, Precision, resultConnection, resultId, resultSubject, SubjectPrefix } from "./sink-nats.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import type { Logger } from "../runtime/core/log.ts";
+import { PayloadTooLargeError } from "../runtime/bus/nats.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import { checkSubject } from "../runtime/core/subject.ts";
+import { Precision, toJsonLine } from "../runtime/core/record.ts";
+import { NatsUrl, resultConnection, resultId, resultSubject, SubjectPrefix } from "../runtime/bus/results.ts";
 
 const seconds = (description: string) => v.pipe(v.number(), v.minValue(0.001), v.description(description));
 

@@ -1,6 +1,6 @@
 import * as v from "valibot";
-import { Histogram } from "../runtime/histogram.ts";
-import { defineOperator } from "../runtime/operator.ts";
+import { Histogram } from "../runtime/core/histogram.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
 
 const Options = v.strictObject({
   interval: v.optional(v.pipe(v.number(), v.minValue(0.1), v.description("Seconds between progress lines.")), 1),

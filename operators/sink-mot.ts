@@ -1,7 +1,7 @@
 import * as v from "valibot";
-import type { Frame } from "../runtime/message.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import { openWriter, type FileWriter } from "../runtime/platform.ts";
+import type { Frame } from "../runtime/core/message.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import { openWriter, type FileWriter } from "../runtime/platform/index.ts";
 
 const Options = v.strictObject({
   path: v.pipe(

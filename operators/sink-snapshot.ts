@@ -1,10 +1,10 @@
 import * as v from "valibot";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { drawLine, drawPolygon, drawText, strokeRect, textWidth, toRaster, type Color, type Raster } from "../runtime/draw.ts";
-import { encodeJpeg } from "../runtime/jpeg.ts";
-import type { Event, Frame } from "../runtime/message.ts";
-import { defineOperator } from "../runtime/operator.ts";
+import { drawLine, drawPolygon, drawText, strokeRect, textWidth, toRaster, type Color, type Raster } from "../runtime/media/draw.ts";
+import { encodeJpeg } from "../runtime/media/jpeg.ts";
+import type { Event, Frame } from "../runtime/core/message.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
 
 const Norm = v.pipe(v.number(), v.minValue(0), v.maxValue(1));
 const Point = v.tuple([Norm, Norm]);

@@ -1,8 +1,8 @@
 import * as v from "valibot";
-import { describeFetchError } from "../runtime/fetch-error.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import { toJsonLine } from "./sink-jsonl.ts";
-import { Precision, resultId } from "./sink-nats.ts";
+import { describeFetchError } from "../runtime/platform/fetch-error.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import { Precision, toJsonLine } from "../runtime/core/record.ts";
+import { resultId } from "../runtime/bus/results.ts";
 
 const seconds = (description: string) => v.pipe(v.number(), v.minValue(0.001), v.description(description));
 

@@ -1,8 +1,8 @@
 import * as v from "valibot";
-import { matchWithin } from "../runtime/assignment.ts";
-import { kalmanInit, kalmanPredict, kalmanUpdate } from "../runtime/kalman.ts";
-import type { Detection, Frame } from "../runtime/message.ts";
-import { defineOperator } from "../runtime/operator.ts";
+import { matchWithin } from "../runtime/tracking/assignment.ts";
+import { kalmanInit, kalmanPredict, kalmanUpdate } from "../runtime/tracking/kalman.ts";
+import { derive, type Detection, type Frame, type TrackInfo } from "../runtime/core/message.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
 
 const Score = v.pipe(v.number(), v.minValue(0), v.maxValue(1));
 
@@ -71,26 +71,6 @@ const Options = v.pipe(
   v.check((o) => o.lowThresh <= o.trackThresh, "lowThresh must not exceed trackThresh"),
 );
 type Options = v.InferOutput<typeof Options>;
-
-/** One confirmed track as attached to a frame by the tracker. */
-export interface TrackInfo {
-  id: number;
-  /** Kalman estimate [x1, y1, x2, y2] in source-image pixels (a prediction while lost). */
-  box: [number, number, number, number];
-  state: "tracked" | "lost";
-  /** Frames since the track started. */
-  age: number;
-  /** Frames the track was matched to a detection. */
-  hits: number;
-  class: string;
-  /** Score of the last matched detection. */
-  score: number;
-}
-
-/** A frame after the tracker: tracked detections carry `trackId`, and `tracks` lists every confirmed track. */
-export interface TrackedFrame extends Frame {
-  tracks: TrackInfo[];
-}
 
 /** ByteTrack's fixed thresholds for the second (low-score) and unconfirmed-track stages, and duplicate removal. */
 const LOW_MATCH = 0.5;
@@ -163,11 +143,12 @@ function refreshBox(t: Track): void {
 /**
  * Multi-object tracking per stream: ByteTrack (Zhang et al., 2022) or SORT
  * (Bewley et al., 2016) — Kalman motion model, optimal IoU assignment.
- * `update` sets `trackId` on the frame's matched detections and returns the confirmed tracks.
+ * `update` returns the frame's detections with `trackId` where tracked (new
+ * objects; the frame is not touched) and the confirmed tracks.
  * @example
  * import op, { createTracker } from "./tracker.ts";
  * const tracker = createTracker(v.parse(op.options, { method: "bytetrack" }));
- * const tracks = tracker.update(frame); // frame.detections[i].trackId set where tracked
+ * const { detections, tracks } = tracker.update(frame);
  */
 export function createTracker(o: Options) {
   const byte = o.method === "bytetrack";
@@ -181,7 +162,7 @@ export function createTracker(o: Options) {
   function associate(
     tracks: Track[],
     ti: number[],
-    dets: Detection[],
+    dets: readonly Detection[],
     di: number[],
     fuse: boolean,
     thresh: number,
@@ -213,8 +194,8 @@ export function createTracker(o: Options) {
     return { tracks: leftTracks, dets: di.filter((_, c) => !taken[c]) };
   }
 
-  /** Tracks one frame in place; returns the confirmed tracks. */
-  function update(f: Frame): TrackInfo[] {
+  /** Tracks one frame; returns its detections with track ids and the confirmed tracks. */
+  function update(f: Frame): { detections: Detection[]; tracks: TrackInfo[] } {
     let s = streams.get(f.stream);
     if (!s || f.seq <= s.lastSeq) {
       // New stream, or its source restarted (sequence went back): start over, keeping ids unique.
@@ -228,7 +209,7 @@ export function createTracker(o: Options) {
     const st = s;
 
     // Candidates: indices into f.detections, boxes copied into detBox.
-    const dets = f.detections ?? [];
+    const dets: { -readonly [K in keyof Detection]: Detection[K] }[] = (f.detections ?? []).map((d) => ({ ...d }));
     if (detBox.length < dets.length * 4) detBox = new Float64Array(dets.length * 8);
     const high: number[] = [];
     const low: number[] = [];
@@ -324,7 +305,7 @@ export function createTracker(o: Options) {
         score: t.score,
       });
     }
-    return out;
+    return { detections: dets, tracks: out };
   }
 
   return { update };
@@ -345,21 +326,21 @@ function dropDuplicates(tracks: Track[]): Track[] {
 
 /**
  * Gives detections stable per-stream track ids. Tracked detections get
- * `trackId`; the frame also gets `tracks` (see {@link TrackedFrame}).
+ * `trackId`; the frame also gets `meta.tracks` (every confirmed track).
  */
 export default defineOperator({
   name: "tracker",
   kind: "transform",
   stateful: true,
-  description: "Track detections across frames (ByteTrack or SORT: Kalman filter + optimal IoU assignment); adds trackId and frame.tracks.",
+  description: "Track detections across frames (ByteTrack or SORT: Kalman filter + optimal IoU assignment); adds trackId and frame.meta.tracks.",
   options: Options,
   create(o) {
     const tracker = createTracker(o);
     return {
       process(msg) {
         if (msg.kind !== "frame") return msg;
-        (msg as TrackedFrame).tracks = tracker.update(msg);
-        return msg;
+        const { detections, tracks } = tracker.update(msg);
+        return derive(msg, { detections, meta: { tracks } });
       },
     };
   },

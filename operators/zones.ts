@@ -1,9 +1,9 @@
 import * as v from "valibot";
 import { mkdir, open, rename } from "node:fs/promises";
 import { dirname } from "node:path";
-import type { Event, Frame, Message } from "../runtime/message.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import { exists, readText } from "../runtime/platform.ts";
+import type { Event, Frame, Message } from "../runtime/core/message.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import { exists, readText } from "../runtime/platform/index.ts";
 
 const Norm = v.pipe(v.number(), v.minValue(0), v.maxValue(1));
 const Point = v.tuple([Norm, Norm]);
@@ -182,6 +182,10 @@ export default defineOperator({
   description:
     "Line crossings (in/out) and zone enter/exit/dwell/occupancy per track, as events; periodic counts; totals survive restarts.",
   options: Options,
+  overlays: (o) => ({
+    lines: o.lines.map((l) => ({ id: l.id, from: [l.from[0], l.from[1]], to: [l.to[0], l.to[1]] })),
+    zones: o.zones.map((z) => ({ id: z.id, polygon: z.polygon.map((p) => [p[0], p[1]] as [number, number]) })),
+  }),
   async create(o, ctx) {
     const L = o.lines.length;
     const Z = o.zones.length;

@@ -6,22 +6,17 @@
  *   eval coco|...             accuracy evaluation (see runtime/eval/)
  */
 import { parseArgs } from "node:util";
-import { ConfigError, PipelineFileError } from "./errors.ts";
-import { Executor } from "./executor.ts";
-import { loadPipeline } from "./loader.ts";
-import { createLogger } from "./log.ts";
-import { MemoryBus } from "./memory-bus.ts";
-import { NatsBus } from "./nats-bus.ts";
-import type { Bus } from "./bus.ts";
-import type { Logger } from "./log.ts";
-import type { NatsConfig, PipelineSpec } from "./loader.ts";
-import { basename, isAbsolute, relative } from "node:path";
-import { resolvePipelineFile } from "./paths.ts";
-import { args as argv, env, existsSync, exit, onShutdownSignal, peakRss } from "./platform.ts";
-import { loadRegistry } from "./registry.ts";
-import { formatSummary, totals } from "./stats.ts";
-import { httpOptions } from "./http/options.ts";
-import { observe, runStatus } from "./status.ts";
+import { ConfigError, PipelineFileError } from "./core/errors.ts";
+import { runPipeline, type PipelineRun } from "./run.ts";
+import { loadPipeline } from "./spec/loader.ts";
+import { createLogger } from "./core/log.ts";
+import type { PipelineSpec } from "./spec/loader.ts";
+import { isAbsolute, relative } from "node:path";
+import { resolvePipelineFile } from "./platform/paths.ts";
+import { args as argv, existsSync, exit, onShutdownSignal, peakRss } from "./platform/index.ts";
+import { loadRegistry } from "./spec/registry.ts";
+import { formatSummary, totals } from "./core/stats.ts";
+import { runStatus } from "./observe/cluster.ts";
 
 const USAGE = `usage:
   bun run pipeline FILE [--frames N] [--json] [--nats URL] [--stages a,b] [--placement edge|cloud] [--worker-id ID] [--http-port N]
@@ -36,23 +31,6 @@ async function openPipeline(name: string | undefined) {
   // Messages name the file as short as it can be said from here (pipelines/demo.yaml, not a full path).
   const near = relative(process.cwd(), file);
   return loadPipeline(near.startsWith("..") || isAbsolute(near) ? file : near, await loadRegistry());
-}
-
-async function createBus(url: string, cfg: NatsConfig | undefined, log: Logger, signal: AbortSignal): Promise<Bus> {
-  if (url === "memory") return new MemoryBus();
-  if (!/^(nats|tls):\/\//.test(url)) throw new ConfigError(`bus: expected "memory" or a nats:// URL, got "${url}"`);
-  // An object `bus:` in the file wins; the NATS_* variables serve files with a plain URL.
-  const { reconnectBufferMB, ...auth } = cfg ?? {};
-  return NatsBus.connect({
-    url,
-    ...auth,
-    creds: auth.creds ?? env("NATS_CREDS"),
-    tls: auth.tls ?? (env("NATS_CA") || env("NATS_CERT") ? { ca: env("NATS_CA"), cert: env("NATS_CERT"), key: env("NATS_KEY") } : undefined),
-    reconnectBuffer: reconnectBufferMB === undefined ? undefined : reconnectBufferMB * 1024 * 1024,
-    name: `framewire ${basename(url)}`,
-    log,
-    signal,
-  });
 }
 
 /**
@@ -92,16 +70,21 @@ async function run(rest: string[]): Promise<number> {
   const stages = selectStages(spec, values.stages, values.placement);
   const connecting = new AbortController();
   const offConnect = onShutdownSignal(() => connecting.abort());
-  const bus = await createBus(values.nats ?? spec.bus, spec.nats, log.child("bus"), connecting.signal);
-  offConnect();
-  if (stages && bus.kind === "memory") throw new ConfigError("--stages/--placement need a NATS bus (--nats nats://host:port or bus: in the file)");
-  const exec = new Executor(spec, bus, {
-    frames,
-    log,
-    stages,
-    workerId: values["worker-id"],
-    placement: values.placement as "edge" | "cloud" | undefined,
-  });
+  let run: PipelineRun;
+  try {
+    run = await runPipeline(spec, {
+      bus: values.nats,
+      frames,
+      log,
+      stages,
+      workerId: values["worker-id"],
+      placement: values.placement as "edge" | "cloud" | undefined,
+      httpPort: values["http-port"],
+      signal: connecting.signal,
+    });
+  } finally {
+    offConnect();
+  }
   let signals = 0;
   const off = onShutdownSignal((sig) => {
     if (++signals > 1) {
@@ -109,15 +92,10 @@ async function run(rest: string[]): Promise<number> {
       exit(130);
     }
     log.info(`${sig}: stopping sources and draining (press again to force)`);
-    exec.stop(sig);
+    run.stop(sig);
   });
-  // Health and readiness answer while the models load.
-  const observing = await observe(exec, { http: httpOptions(spec.http, values["http-port"]), log });
-  await exec.start();
-  const summary = await exec.done;
-  await observing.close();
+  const summary = await run.done;
   off();
-  await bus.drain();
   console.log(formatSummary(summary));
   if (values.json) console.log(JSON.stringify({ ...totals(summary), peakRssMiB: peakRss() / 1048576, ...summary }));
   const t = totals(summary);
@@ -135,10 +113,10 @@ async function validate(rest: string[]): Promise<number> {
 
 /** Writes docs/operators.md from the operators' schemas; `--check` only compares. */
 async function docs(rest: string[]): Promise<number> {
-  const { operatorsMarkdown } = await import("./schema-doc.ts");
+  const { operatorsMarkdown } = await import("./spec/schema-doc.ts");
   const { join } = await import("node:path");
   const { readFileSync, writeFileSync, mkdirSync } = await import("node:fs");
-  const { projectRoot } = await import("./paths.ts");
+  const { projectRoot } = await import("./platform/paths.ts");
   const file = join(projectRoot, "docs", "operators.md");
   const text = operatorsMarkdown([...(await loadRegistry()).values()]);
   if (rest.includes("--check")) {

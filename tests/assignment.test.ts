@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { assignmentCost, matchWithin, solveAssignment } from "../runtime/assignment.ts";
+import { assignmentCost, matchWithin, solveAssignment } from "../runtime/tracking/assignment.ts";
 import { rng } from "./support/random.ts";
 
 

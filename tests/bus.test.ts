@@ -1,8 +1,8 @@
 import { describe, expect, test } from "bun:test";
-import { Inbox } from "../runtime/inbox.ts";
-import { MemoryBus } from "../runtime/memory-bus.ts";
-import type { Message } from "../runtime/message.ts";
-import { checkSubject, subjectMatches } from "../runtime/subject.ts";
+import { Inbox } from "../runtime/core/inbox.ts";
+import { MemoryBus } from "../runtime/bus/memory.ts";
+import type { Message } from "../runtime/core/message.ts";
+import { checkSubject, subjectMatches } from "../runtime/core/subject.ts";
 import { makeEvent, makeFrame, tick } from "./support/frames.ts";
 
 describe("subjects", () => {

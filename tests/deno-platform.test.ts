@@ -1,13 +1,13 @@
 /**
- * runtime/platform.ts under whichever runtime runs this file: `bun test`
+ * runtime/platform/index.ts under whichever runtime runs this file: `bun test`
  * checks the Bun adapter, `deno test` (deno.json's test.include) the Deno one.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { Hono } from "hono";
 import { join } from "node:path";
-import { ConfigError } from "../runtime/errors.ts";
-import { NatsBus } from "../runtime/nats-bus.ts";
-import { exists, existsSync, openWriter, readBytes, readText, runtimeName, serve, spawn, which } from "../runtime/platform.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import { NatsBus } from "../runtime/bus/nats.ts";
+import { exists, existsSync, openWriter, readBytes, readText, runtimeName, serve, spawn, which } from "../runtime/platform/index.ts";
 import { startNatsServer, stopAllNatsServers } from "./support/nats.ts";
 import { tempDir } from "./support/paths.ts";
 import { captureLog } from "./support/pipeline.ts";

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import type { Detection, Frame } from "../runtime/message.ts";
-import type { TransformInstance } from "../runtime/operator.ts";
+import type { Detection, Frame } from "../runtime/core/message.ts";
+import type { TransformInstance } from "../runtime/core/operator.ts";
 import { busImage, modelFile, zidaneImage } from "./support/paths.ts";
 import { makeTransform, readAll, step } from "./support/operators.ts";
 
@@ -25,7 +25,7 @@ async function detect(image: string): Promise<Frame> {
   return step(nms, await step(infer, await step(prep, frames[0])));
 }
 
-const count = (ds: Detection[], cls: string) => ds.filter((d) => d.class === cls).length;
+const count = (ds: readonly Detection[], cls: string) => ds.filter((d) => d.class === cls).length;
 const area = (b: Detection["box"]) => (b[2] - b[0]) * (b[3] - b[1]);
 
 describe("detection with the real operators", () => {

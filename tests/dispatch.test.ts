@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { rankVariants, type VariantLoad } from "../operators/infer-dispatch.ts";
-import { ConfigError } from "../runtime/errors.ts";
-import type { Frame } from "../runtime/message.ts";
-import type { TransformInstance } from "../runtime/operator.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import type { Frame } from "../runtime/core/message.ts";
+import type { TransformInstance } from "../runtime/core/operator.ts";
 import { makeTransform, readAll, step } from "./support/operators.ts";
 import { busImage, fp16ModelFile, modelFile, sampleVideo, zidaneImage } from "./support/paths.ts";
 import { parseError, registryWith } from "./support/pipeline.ts";

@@ -5,12 +5,12 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as v from "valibot";
-import { Executor, type RunOptions } from "../runtime/executor.ts";
-import type { Message } from "../runtime/message.ts";
-import { NatsBus } from "../runtime/nats-bus.ts";
-import { defineOperator } from "../runtime/operator.ts";
-import type { Registry } from "../runtime/registry.ts";
-import type { PipelineSummary } from "../runtime/stats.ts";
+import { Executor, type RunOptions } from "../runtime/engine/executor.ts";
+import type { Message } from "../runtime/core/message.ts";
+import { NatsBus } from "../runtime/bus/nats.ts";
+import { defineOperator } from "../runtime/core/operator.ts";
+import type { Registry } from "../runtime/spec/registry.ts";
+import type { PipelineSummary } from "../runtime/core/stats.ts";
 import { makeFrame } from "./support/frames.ts";
 import { startNatsServer, stopAllNatsServers, type NatsServer } from "./support/nats.ts";
 import { captureLog, parse, registryWith, type CapturedLog } from "./support/pipeline.ts";

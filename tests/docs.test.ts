@@ -2,8 +2,8 @@
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { loadRegistry } from "../runtime/registry.ts";
-import { operatorsMarkdown, optionDocs } from "../runtime/schema-doc.ts";
+import { loadRegistry } from "../runtime/spec/registry.ts";
+import { operatorsMarkdown, optionDocs } from "../runtime/spec/schema-doc.ts";
 import { repoRoot } from "./support/paths.ts";
 
 test("docs/operators.md matches the schemas (run `bun run docs` after changing an operator)", async () => {

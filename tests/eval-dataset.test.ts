@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ConfigError } from "../runtime/errors.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
 import { listImages, parseLabels, readLabels, requireDir, toTruths } from "../runtime/eval/dataset.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "framewire-eval-dataset-"));

@@ -7,9 +7,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readFile, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { resolveFfmpeg } from "../runtime/ffmpeg.ts";
-import { CorruptImageError, decodeImage, ImageTooLargeError, UnsupportedImageError } from "../runtime/image-decode.ts";
-import type { Frame } from "../runtime/message.ts";
+import { resolveFfmpeg } from "../runtime/media/ffmpeg.ts";
+import { CorruptImageError, decodeImage, ImageTooLargeError, UnsupportedImageError } from "../runtime/media/image-decode.ts";
+import type { Frame } from "../runtime/core/message.ts";
 import { flipBytes, rng, within, type Rng } from "./fuzz-support.ts";
 import { makeSource } from "./support/operators.ts";
 import { busImage, sampleVideo, tempDir } from "./support/paths.ts";

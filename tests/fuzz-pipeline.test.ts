@@ -6,9 +6,9 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { PipelineFileError } from "../runtime/errors.ts";
-import { parsePipeline } from "../runtime/loader.ts";
-import { loadRegistry, type Registry } from "../runtime/registry.ts";
+import { PipelineFileError } from "../runtime/core/errors.ts";
+import { parsePipeline } from "../runtime/spec/loader.ts";
+import { loadRegistry, type Registry } from "../runtime/spec/registry.ts";
 import { rng, type Rng } from "./fuzz-support.ts";
 import { repoRoot } from "./support/paths.ts";
 

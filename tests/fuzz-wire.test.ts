@@ -4,8 +4,8 @@
  * (consistent sizes), never throw anything else.
  */
 import { describe, expect, test } from "bun:test";
-import type { Frame, Message } from "../runtime/message.ts";
-import { decodeMessage, encodeMessage, WireFormatError } from "../runtime/wire.ts";
+import type { Frame, Message } from "../runtime/core/message.ts";
+import { decodeMessage, encodeMessage, WireFormatError } from "../runtime/bus/wire.ts";
 import { flipBytes, rng, type Rng } from "./fuzz-support.ts";
 
 const CASES = 400;

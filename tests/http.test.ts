@@ -9,10 +9,10 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import * as v from "valibot";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../runtime/onnx-model.ts";
-import { ConfigError } from "../runtime/errors.ts";
-import { httpOptions } from "../runtime/http/options.ts";
-import { isJpeg } from "../runtime/jpeg.ts";
+import { modelVersion } from "../runtime/inference/onnx-model.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import { httpOptions } from "../runtime/spec/http-options.ts";
+import { isJpeg } from "../runtime/media/jpeg.ts";
 import { CLIP, scaledModel, TOKEN } from "./lifecycle-support.ts";
 import { readLiveRecords, scrape, startPipelineProcess, type PipelineProcess } from "./support/http.ts";
 import { tempDir } from "./support/paths.ts";

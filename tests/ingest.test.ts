@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { resolveFfmpeg } from "../runtime/ffmpeg.ts";
-import type { Frame } from "../runtime/message.ts";
-import type { SourceInstance } from "../runtime/operator.ts";
+import { resolveFfmpeg } from "../runtime/media/ffmpeg.ts";
+import type { Frame } from "../runtime/core/message.ts";
+import type { SourceInstance } from "../runtime/core/operator.ts";
 import { makeSource, readAll, type Made } from "./support/operators.ts";
 import { sampleVideo, tempDir } from "./support/paths.ts";
 import { freePort } from "./support/ports.ts";

@@ -12,12 +12,12 @@
  */
 import { rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Executor } from "../runtime/executor.ts";
-import { startHttpServer, type HttpServer } from "../runtime/http/server.ts";
-import { MemoryBus } from "../runtime/memory-bus.ts";
-import type { Message } from "../runtime/message.ts";
-import type { PipelineSummary } from "../runtime/stats.ts";
-import { StatusView, type ProcessStatus } from "../runtime/status.ts";
+import { Executor } from "../runtime/engine/executor.ts";
+import { startHttpServer, type HttpServer } from "../runtime/observe/http/server.ts";
+import { MemoryBus } from "../runtime/bus/memory.ts";
+import type { Message } from "../runtime/core/message.ts";
+import type { PipelineSummary } from "../runtime/core/stats.ts";
+import { StatusView, type ProcessStatus } from "../runtime/observe/status.ts";
 import { repoRoot } from "./support/paths.ts";
 import { captureLog, parse, registryWith, type CapturedLog } from "./support/pipeline.ts";
 import { collected, testOperators } from "./support/test-operators.ts";

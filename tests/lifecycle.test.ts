@@ -7,9 +7,9 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { copyFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../runtime/onnx-model.ts";
-import type { ModelStatus } from "../runtime/model-lifecycle.ts";
-import type { PipelineSummary } from "../runtime/stats.ts";
+import { modelVersion } from "../runtime/inference/onnx-model.ts";
+import type { ModelStatus } from "../runtime/inference/model-lifecycle.ts";
+import type { PipelineSummary } from "../runtime/core/stats.ts";
 import { crashingModel, scaledModel, smallInputModel, startTinyRun, writeModel, type TinyRun } from "./lifecycle-support.ts";
 import { parsePrometheus } from "./support/http.ts";
 import { tempDir } from "./support/paths.ts";

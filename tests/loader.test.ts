@@ -1,8 +1,8 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { PipelineFileError } from "../runtime/errors.ts";
-import { loadPipeline, PipelineSchema } from "../runtime/loader.ts";
-import { loadRegistry, type Registry } from "../runtime/registry.ts";
+import { PipelineFileError } from "../runtime/core/errors.ts";
+import { loadPipeline, PipelineSchema } from "../runtime/spec/loader.ts";
+import { loadRegistry, type Registry } from "../runtime/spec/registry.ts";
 import { repoRoot, sampleVideo } from "./support/paths.ts";
 import { lineOf, parse, parseError } from "./support/pipeline.ts";
 

@@ -6,10 +6,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { chmod, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../runtime/onnx-model.ts";
-import { Histogram } from "../runtime/histogram.ts";
-import { HostLoad, parseNvidiaSmi } from "../runtime/host-load.ts";
-import { which } from "../runtime/platform.ts";
+import { modelVersion } from "../runtime/inference/onnx-model.ts";
+import { Histogram } from "../runtime/core/histogram.ts";
+import { HostLoad, parseNvidiaSmi } from "../runtime/platform/host-load.ts";
+import { which } from "../runtime/platform/index.ts";
 import { scaledModel, startTinyRun } from "./lifecycle-support.ts";
 import { parsePrometheus, scrape, type Exposition } from "./support/http.ts";
 import { tempDir } from "./support/paths.ts";

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, spyOn, test } from "bun:test";
 import { join } from "node:path";
-import { ConfigError } from "../runtime/errors.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
 import { evaluateMot, parseMot, runMotEval, type MotMetrics } from "../runtime/eval/mot.ts";
 
 const dir = join(import.meta.dir, "fixtures", "mot");

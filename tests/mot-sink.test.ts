@@ -5,8 +5,8 @@ import { join } from "node:path";
 import * as v from "valibot";
 import sinkMot, { toMotLines } from "../operators/sink-mot.ts";
 import { parseMot } from "../runtime/eval/mot.ts";
-import { createLogger } from "../runtime/log.ts";
-import type { Detection, Frame } from "../runtime/message.ts";
+import { createLogger } from "../runtime/core/log.ts";
+import type { Detection, Frame } from "../runtime/core/message.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "fw-mot-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));

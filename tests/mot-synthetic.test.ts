@@ -7,8 +7,8 @@ import * as v from "valibot";
 import tracker from "../operators/tracker.ts";
 import { toMotLines } from "../operators/sink-mot.ts";
 import { evaluateMot, parseMot, type MotMetrics } from "../runtime/eval/mot.ts";
-import { createLogger } from "../runtime/log.ts";
-import type { Frame } from "../runtime/message.ts";
+import { createLogger } from "../runtime/core/log.ts";
+import type { Frame } from "../runtime/core/message.ts";
 import { H, synthesize, W } from "./fixtures/mot/crowd.ts";
 
 async function trackAndScore(method: "bytetrack" | "sort", seed: number): Promise<MotMetrics> {
@@ -18,8 +18,7 @@ async function trackAndScore(method: "bytetrack" | "sort", seed: number): Promis
   let pred = "";
   detections.forEach((dets, seq) => {
     const f: Frame = { kind: "frame", stream: "syn", seq, ts: seq * 40, live: false, image: { width: W, height: H, format: "rgb24", data: new Uint8Array(0) }, detections: dets, timings: {} };
-    inst.process(f);
-    pred += toMotLines(f, 2);
+    pred += toMotLines(inst.process(f) as Frame, 2);
   });
   return evaluateMot(parseMot(gt, "gt"), parseMot(pred, "pred"), 0.5);
 }

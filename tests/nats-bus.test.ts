@@ -2,15 +2,15 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { ConfigError } from "../runtime/errors.ts";
-import type { Frame, Message } from "../runtime/message.ts";
-import { NatsBus, PayloadTooLargeError } from "../runtime/nats-bus.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import type { Frame, Message } from "../runtime/core/message.ts";
+import { NatsBus, PayloadTooLargeError } from "../runtime/bus/nats.ts";
 import { makeEvent, makeFrame } from "./support/frames.ts";
 import { startNatsServer, stopAllNatsServers, type NatsServer } from "./support/nats.ts";
 import { tempDir } from "./support/paths.ts";
 import { freePort } from "./support/ports.ts";
 import { startProcess } from "./support/process.ts";
-import { loadRegistry } from "../runtime/registry.ts";
+import { loadRegistry } from "../runtime/spec/registry.ts";
 import { captureLog, parse, parseError, type CapturedLog } from "./support/pipeline.ts";
 import { until } from "./support/wait.ts";
 

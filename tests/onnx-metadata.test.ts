@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { loadModel } from "../runtime/onnx-model.ts";
-import { ConfigError } from "../runtime/errors.ts";
-import { parseClassNames, readOnnxMetadata } from "../runtime/onnx-metadata.ts";
+import { loadModel } from "../runtime/inference/onnx-model.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import { parseClassNames, readOnnxMetadata } from "../runtime/inference/onnx-metadata.ts";
 import { fp16ModelFile, modelFile } from "./support/paths.ts";
 import { makeTransform } from "./support/operators.ts";
 

@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { makePlan } from "../operators/resize.ts";
-import type { Frame, Tensor } from "../runtime/message.ts";
-import type { TransformInstance } from "../runtime/operator.ts";
+import type { Frame, Tensor } from "../runtime/core/message.ts";
+import type { TransformInstance } from "../runtime/core/operator.ts";
 import { makeFrame } from "./support/frames.ts";
 import { makeTransform, step } from "./support/operators.ts";
 

@@ -5,9 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
-import { ConfigError } from "../runtime/errors.ts";
-import type { Message } from "../runtime/message.ts";
-import { NatsBus } from "../runtime/nats-bus.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import type { Message } from "../runtime/core/message.ts";
+import { NatsBus } from "../runtime/bus/nats.ts";
 import { tempDir } from "./support/paths.ts";
 import { captureLog } from "./support/pipeline.ts";
 import { startNatsServer, stopAllNatsServers, type NatsServer } from "./support/nats.ts";

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFile, mkdir, symlink } from "node:fs/promises";
 import { join } from "node:path";
-import { modelsDir, resolveModel, resolveModelWithin } from "../runtime/paths.ts";
+import { modelsDir, resolveModel, resolveModelWithin } from "../runtime/platform/paths.ts";
 import { modelFile, tempDir } from "./support/paths.ts";
 
 let tmp: Awaited<ReturnType<typeof tempDir>>;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { decodeInferResponse, encodeInferRequest, HEADER_LENGTH } from "../runtime/kserve.ts";
+import { decodeInferResponse, encodeInferRequest, HEADER_LENGTH } from "../runtime/inference/kserve.ts";
 import { Batcher, OverloadedError, ShuttingDownError, type BatcherOptions, type Runner } from "../runtime/serve/batcher.ts";
 import { tempDir } from "./support/paths.ts";
 import { json, startServe, writeIdentityModel, type ServeProcess } from "./support/serve.ts";

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
-import { resolveFfmpeg } from "../runtime/ffmpeg.ts";
+import { resolveFfmpeg } from "../runtime/media/ffmpeg.ts";
 import {
   checkImageSize,
   CorruptImageError,
@@ -9,8 +9,8 @@ import {
   ImageTooLargeError,
   readImageHeader,
   UnsupportedImageError,
-} from "../runtime/image-decode.ts";
-import { readBytes } from "../runtime/platform.ts";
+} from "../runtime/media/image-decode.ts";
+import { readBytes } from "../runtime/platform/index.ts";
 import { readAll } from "./support/operators.ts";
 import { busImage, tempDir, zidaneImage } from "./support/paths.ts";
 import { startProcess } from "./support/process.ts";

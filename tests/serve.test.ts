@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
-import { DEFAULT_LIMITS } from "../runtime/image-decode.ts";
-import { decodeInferResponse, encodeInferRequest, HEADER_LENGTH } from "../runtime/kserve.ts";
-import type { Frame } from "../runtime/message.ts";
-import { readBytes } from "../runtime/platform.ts";
-import { loadRegistry } from "../runtime/registry.ts";
+import { DEFAULT_LIMITS } from "../runtime/media/image-decode.ts";
+import { decodeInferResponse, encodeInferRequest, HEADER_LENGTH } from "../runtime/inference/kserve.ts";
+import type { Frame } from "../runtime/core/message.ts";
+import { readBytes } from "../runtime/platform/index.ts";
+import { loadRegistry } from "../runtime/spec/registry.ts";
 import { createServeApp } from "../runtime/serve/app.ts";
 import { createServeMetrics } from "../runtime/serve/metrics.ts";
 import { loadServedModel } from "../runtime/serve/model.ts";

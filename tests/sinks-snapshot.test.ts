@@ -5,10 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as v from "valibot";
 import sinkSnapshot from "../operators/sink-snapshot.ts";
-import { drawText, fillRect, textWidth, type Raster } from "../runtime/draw.ts";
-import { decodeJpeg, encodeJpeg, isJpeg } from "../runtime/jpeg.ts";
-import type { Detection, Event, Frame } from "../runtime/message.ts";
-import type { SinkInstance } from "../runtime/operator.ts";
+import { drawText, fillRect, textWidth, type Raster } from "../runtime/media/draw.ts";
+import { decodeJpeg, encodeJpeg, isJpeg } from "../runtime/media/jpeg.ts";
+import type { Detection, Event, Frame } from "../runtime/core/message.ts";
+import type { SinkInstance } from "../runtime/core/operator.ts";
 import { captureLog, type CapturedLog } from "./support/pipeline.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "fw-snap-"));

@@ -2,8 +2,8 @@
 import { afterEach, expect, test } from "bun:test";
 import * as v from "valibot";
 import sinkWebhook from "../operators/sink-webhook.ts";
-import type { Event, Frame } from "../runtime/message.ts";
-import type { SinkInstance } from "../runtime/operator.ts";
+import type { Event, Frame } from "../runtime/core/message.ts";
+import type { SinkInstance } from "../runtime/core/operator.ts";
 import { captureLog, type CapturedLog } from "./support/pipeline.ts";
 import { sleep } from "./support/wait.ts";
 

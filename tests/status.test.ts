@@ -6,8 +6,8 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { modelVersion } from "../runtime/onnx-model.ts";
-import type { ClusterStatus } from "../runtime/status.ts";
+import { modelVersion } from "../runtime/inference/onnx-model.ts";
+import type { ClusterStatus } from "../runtime/observe/cluster.ts";
 import { CLIP, scaledModel } from "./lifecycle-support.ts";
 import { scrape, startPipelineProcess, type PipelineProcess } from "./support/http.ts";
 import { startNatsServer, stopAllNatsServers, type NatsServer } from "./support/nats.ts";

@@ -10,9 +10,9 @@
 import { afterAll, expect, test } from "bun:test";
 import * as v from "valibot";
 import sinkJetStream from "../operators/sink-jetstream.ts";
-import type { Event } from "../runtime/message.ts";
-import { NatsBus } from "../runtime/nats-bus.ts";
-import type { SinkInstance, StageContext } from "../runtime/operator.ts";
+import type { Event } from "../runtime/core/message.ts";
+import { NatsBus } from "../runtime/bus/nats.ts";
+import type { SinkInstance, StageContext } from "../runtime/core/operator.ts";
 import { client, disposeAllNatsServers, manager, readStream, startHubAndEdge, startJetStreamServer, waitForMessages } from "./support/jetstream.ts";
 import { captureLog, type CapturedLog } from "./support/pipeline.ts";
 import { sleep } from "./support/wait.ts";

@@ -1,8 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import * as v from "valibot";
-import tracker, { type TrackedFrame } from "../operators/tracker.ts";
-import { createLogger } from "../runtime/log.ts";
-import type { Detection, Frame } from "../runtime/message.ts";
+import tracker from "../operators/tracker.ts";
+import { createLogger } from "../runtime/core/log.ts";
+import type { Detection, Frame, TrackInfo } from "../runtime/core/message.ts";
+
+/** The tracker's output frame with its tracks (frame.meta.tracks) at hand. */
+type TrackedFrame = Frame & { tracks: readonly TrackInfo[] };
 
 type Box = [number, number, number, number];
 /** [box, score, class] of one synthetic detection. */
@@ -12,7 +15,10 @@ const ctx = { stage: "track", pipeline: "test", log: createLogger("test", 99), s
 
 async function makeTracker(options: Record<string, unknown> = {}) {
   const inst = await tracker.create(v.parse(tracker.options, options), ctx);
-  return (f: Frame) => inst.process(f) as TrackedFrame;
+  return (f: Frame): TrackedFrame => {
+    const out = inst.process(f) as Frame;
+    return Object.assign(Object.create(null), out, { tracks: out.meta?.tracks ?? [], original: out });
+  };
 }
 
 function frame(seq: number, dets: Det[], stream = "cam"): Frame {
@@ -120,8 +126,11 @@ describe("output contract", () => {
     const f0 = frame(0, [[person(100, 100), 0.9], [person(300, 100), 0.95, "car"]]);
     const before = structuredClone(f0.detections);
     const out = track(f0);
-    expect(out).toBe(f0 as TrackedFrame);
-    expect(out.detections!.map(({ trackId, ...d }) => d)).toEqual(before!);
+    // A new frame: the input (shared with any other subscriber) is left as it was.
+    expect(f0.detections).toEqual(before!);
+    expect(f0.detections!.every((d) => d.trackId === undefined)).toBe(true);
+    expect(Object.isFrozen((out as unknown as { original: Frame }).original)).toBe(true);
+    expect(out.detections!.map(({ trackId, ...d }) => d)).toEqual([...before!]);
     expect(ids(out)).toEqual([1, 2]);
     expect(out.tracks.map((k) => [k.id, k.class, k.state, k.age, k.hits, k.score])).toEqual([
       [1, "person", "tracked", 1, 1, 0.9],

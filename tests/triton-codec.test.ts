@@ -8,7 +8,7 @@ import {
   KServeProtocolError,
   parseModelMetadata,
   type Encoded,
-} from "../runtime/kserve.ts";
+} from "../runtime/inference/kserve.ts";
 
 const bytesOf = async (e: Encoded) => new Uint8Array(await e.body.arrayBuffer());
 const headerLength = (e: Encoded) => e.headers[HEADER_LENGTH.toLowerCase()] ?? null;

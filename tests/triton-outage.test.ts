@@ -1,6 +1,6 @@
 import { afterAll, expect, setDefaultTimeout, test } from "bun:test";
-import { Executor } from "../runtime/executor.ts";
-import { MemoryBus } from "../runtime/memory-bus.ts";
+import { Executor } from "../runtime/engine/executor.ts";
+import { MemoryBus } from "../runtime/bus/memory.ts";
 import { captureLog, parse, registryWith } from "./support/pipeline.ts";
 import { modelFile, sampleVideo } from "./support/paths.ts";
 import { startServe, type ServeProcess } from "./support/serve.ts";

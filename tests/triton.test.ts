@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Hono } from "hono";
-import { ConfigError } from "../runtime/errors.ts";
-import { decodeInferRequest, encodeInferResponse, HEADER_LENGTH } from "../runtime/kserve.ts";
-import type { Frame } from "../runtime/message.ts";
-import type { OperatorMetric, TransformInstance } from "../runtime/operator.ts";
-import { serve, type Listener } from "../runtime/platform.ts";
+import { ConfigError } from "../runtime/core/errors.ts";
+import { decodeInferRequest, encodeInferResponse, HEADER_LENGTH } from "../runtime/inference/kserve.ts";
+import type { Frame } from "../runtime/core/message.ts";
+import type { OperatorMetric, TransformInstance } from "../runtime/core/operator.ts";
+import { serve, type Listener } from "../runtime/platform/index.ts";
 import { makeTransform, readAll, step } from "./support/operators.ts";
 import { busImage, modelFile, sampleVideo, zidaneImage } from "./support/paths.ts";
 import { freePort } from "./support/ports.ts";

@@ -1,7 +1,7 @@
 /** Wire format v1: the layout docs/wire-format.md promises, JPEG links, and foreign input rejected with a reason. */
 import { describe, expect, test } from "bun:test";
-import type { Frame } from "../runtime/message.ts";
-import { decodeMessage, encodeMessage, WIRE_VERSION, WireFormatError } from "../runtime/wire.ts";
+import { derive, type Frame } from "../runtime/core/message.ts";
+import { decodeMessage, encodeMessage, WIRE_VERSION, WireFormatError } from "../runtime/bus/wire.ts";
 import { makeEvent, makeFrame } from "./support/frames.ts";
 
 /** A smooth synthetic picture (JPEG's home ground) with a hard edge. */
@@ -12,11 +12,13 @@ function picture(width = 64, height = 48, format: "rgb24" | "bgr24" = "rgb24"): 
 }
 
 function withInference(f: Frame): Frame {
-  f.tensor = { dims: [1, 3, 2, 2], dtype: "float32", data: new Float32Array([0, 0.25, 0.5, 1, 0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.6]), letterbox: { scaleX: 0.5, scaleY: 0.5, padX: 0, padY: 4 } };
-  f.predictions = { layout: "yolov5", dims: [1, 1, 6], data: new Float32Array([10, 20, 5, 5, 0.9, 0.8]), classNames: ["person"], model: "tiny.onnx" };
-  f.detections = [{ class: "person", classId: 0, score: 0.72, box: [1, 2, 30, 40], trackId: 3 }];
-  f.timings = { prep: 1.5 };
-  return f;
+  return derive(f, {
+    tensor: { dims: [1, 3, 2, 2], dtype: "float32", data: new Float32Array([0, 0.25, 0.5, 1, 0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.6]), letterbox: { scaleX: 0.5, scaleY: 0.5, padX: 0, padY: 4 } },
+    predictions: { layout: "yolov5", dims: [1, 1, 6], data: new Float32Array([10, 20, 5, 5, 0.9, 0.8]), classNames: ["person"], model: "tiny.onnx" },
+    detections: [{ class: "person", classId: 0, score: 0.72, box: [1, 2, 30, 40], trackId: 3 }],
+    meta: { tracks: [{ id: 3, box: [1, 2, 30, 40], state: "tracked", age: 4, hits: 4, class: "person", score: 0.72 }], blur: { faces: 2 } },
+    timings: { prep: 1.5 },
+  });
 }
 
 /** Reads a frame message the way docs/wire-format.md tells a Python or Go consumer to. */

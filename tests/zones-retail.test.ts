@@ -3,12 +3,12 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Executor } from "../runtime/executor.ts";
-import { loadPipeline } from "../runtime/loader.ts";
-import { createLogger } from "../runtime/log.ts";
-import { MemoryBus } from "../runtime/memory-bus.ts";
-import { pipelinesDir } from "../runtime/paths.ts";
-import { loadRegistry } from "../runtime/registry.ts";
+import { Executor } from "../runtime/engine/executor.ts";
+import { loadPipeline } from "../runtime/spec/loader.ts";
+import { createLogger } from "../runtime/core/log.ts";
+import { MemoryBus } from "../runtime/bus/memory.ts";
+import { pipelinesDir } from "../runtime/platform/paths.ts";
+import { loadRegistry } from "../runtime/spec/registry.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "fw-retail-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));

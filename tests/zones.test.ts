@@ -4,8 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as v from "valibot";
 import zones from "../operators/zones.ts";
-import type { Logger } from "../runtime/log.ts";
-import type { Event, Frame, Message } from "../runtime/message.ts";
+import type { Logger } from "../runtime/core/log.ts";
+import type { Event, Frame, Message } from "../runtime/core/message.ts";
 
 /** [trackId, x, y] of a track's anchor (bottom centre) in normalised coordinates, optionally its class. */
 type Pos = [number, number, number, string?];

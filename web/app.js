@@ -1,6 +1,6 @@
 // framewire live page: polls /api/status once a second and reads the preview
 // feed from /api/live (records: u32 header length, JSON header, u32 JPEG
-// length, JPEG; see runtime/http/live.ts). With a protected server, open the
+// length, JPEG; see runtime/observe/http/live.ts). With a protected server, open the
 // page as /#token=<token>.
 
 import { takeRecords } from "./live-records.js";

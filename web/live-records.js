@@ -1,5 +1,5 @@
 // Splits the live feed (/api/live) into records: u32 header length, JSON
-// header, u32 JPEG length, JPEG (see runtime/http/live.ts). Shared by the live
+// header, u32 JPEG length, JPEG (see runtime/observe/http/live.ts). Shared by the live
 // page and the tests, so both read the feed the same way.
 
 const decoder = new TextDecoder();

@@ -5,10 +5,10 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { ConfigError } from "../errors.ts";
-import { createLogger } from "../log.ts";
-import { existsSync } from "../platform.ts";
-import { loadRegistry } from "../registry.ts";
+import { ConfigError } from "../core/errors.ts";
+import { createLogger } from "../core/log.ts";
+import { existsSync } from "../platform/index.ts";
+import { loadRegistry } from "../spec/registry.ts";
 import { CocoAccumulator, type CocoResult } from "./coco.ts";
 import { listImages, readLabels, requireDir, toTruths } from "./dataset.ts";
 import { createImageDetector } from "./images.ts";

@@ -1,8 +1,8 @@
 /** A YOLO-format dataset on disk: a folder of images and a folder of label files. */
 import { readdirSync, statSync } from "node:fs";
 import { basename, extname, join, resolve } from "node:path";
-import { ConfigError } from "../errors.ts";
-import { existsSync, readText } from "../platform.ts";
+import { ConfigError } from "../core/errors.ts";
+import { existsSync, readText } from "../platform/index.ts";
 import type { Truth } from "./coco.ts";
 
 const IMAGE_EXTENSIONS = new Set([".jpg", ".jpeg", ".png"]);

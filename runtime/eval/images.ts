@@ -3,12 +3,12 @@
  * images, so the eval measures exactly what a pipeline would detect.
  */
 import * as v from "valibot";
-import { ConfigError } from "../errors.ts";
-import { describeIssue } from "../issues.ts";
-import type { Logger } from "../log.ts";
-import type { Detection, Frame, Message } from "../message.ts";
-import type { OperatorDefinition, SourceDefinition, SourceInstance, StageContext, TransformDefinition, TransformInstance } from "../operator.ts";
-import type { Registry } from "../registry.ts";
+import { ConfigError } from "../core/errors.ts";
+import { describeIssue } from "../spec/issues.ts";
+import type { Logger } from "../core/log.ts";
+import type { Detection, Frame, Message } from "../core/message.ts";
+import type { OperatorDefinition, SourceDefinition, SourceInstance, StageContext, TransformDefinition, TransformInstance } from "../core/operator.ts";
+import type { Registry } from "../spec/registry.ts";
 
 export interface DetectorOptions {
   /** model path or file name under models/ */
@@ -23,7 +23,7 @@ export interface ImageDetections {
   width: number;
   height: number;
   /** boxes in source-image pixels */
-  detections: Detection[];
+  detections: readonly Detection[];
 }
 
 export interface ImageDetector {

@@ -4,9 +4,9 @@
  * truth, computed as the official MOTChallenge evaluation (TrackEval) does.
  */
 import { parseArgs } from "node:util";
-import { solveAssignment } from "../assignment.ts";
-import { ConfigError } from "../errors.ts";
-import { readText } from "../platform.ts";
+import { solveAssignment } from "../tracking/assignment.ts";
+import { ConfigError } from "../core/errors.ts";
+import { readText } from "../platform/index.ts";
 
 /** One parsed line of a MOTChallenge file. */
 export interface MotRow {

@@ -10,9 +10,9 @@ import { HTTPException } from "hono/http-exception";
 import { routePath } from "hono/route";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import * as v from "valibot";
-import { detectLayout } from "../../operators/infer-onnx.ts";
+import { detectLayout } from "../inference/yolo.ts";
 import pkg from "../../package.json" with { type: "json" };
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "../core/errors.ts";
 import {
   checkImageSize,
   CorruptImageError,
@@ -21,13 +21,13 @@ import {
   readImageHeader,
   UnsupportedImageError,
   type DecodeLimits,
-} from "../image-decode.ts";
-import { describeIssue, formatPath } from "../issues.ts";
-import { decodeInferRequest, encodeInferResponse, HEADER_LENGTH, KServeProtocolError } from "../kserve.ts";
-import type { Logger } from "../log.ts";
-import type { Frame } from "../message.ts";
-import type { TransformDefinition, TransformInstance } from "../operator.ts";
-import type { Registry } from "../registry.ts";
+} from "../media/image-decode.ts";
+import { describeIssue, formatPath } from "../spec/issues.ts";
+import { decodeInferRequest, encodeInferResponse, HEADER_LENGTH, KServeProtocolError } from "../inference/kserve.ts";
+import type { Logger } from "../core/log.ts";
+import { derive, type Frame } from "../core/message.ts";
+import type { TransformDefinition, TransformInstance } from "../core/operator.ts";
+import type { Registry } from "../spec/registry.ts";
 import { OverloadedError, ShuttingDownError } from "./batcher.ts";
 import type { ServeMetrics } from "./metrics.ts";
 import type { ServedModel } from "./model.ts";
@@ -127,7 +127,7 @@ function classify(err: unknown): { status: ContentfulStatusCode; message: string
  * Builds the server's request handler around a loaded model.
  * @example
  * const app = await createServeApp({ model, metrics, registry: await loadRegistry(), log, limits: DEFAULT_LIMITS, maxImageBytes: 10 << 20, maxBodyBytes: 256 << 20, decoders: 4, maxWaiting: 64, conf: 0.25, iou: 0.45 });
- * serve(app.fetch, { hostname: "127.0.0.1", port: 8000 }); // runtime/platform.ts
+ * serve(app.fetch, { hostname: "127.0.0.1", port: 8000 }); // runtime/platform/index.ts
  */
 export async function createServeApp(o: AppOptions): Promise<ServeApp> {
   const { model, metrics, log } = o;
@@ -262,13 +262,13 @@ export async function createServeApp(o: AppOptions): Promise<ServeApp> {
       release();
     }
     const t2 = performance.now();
-    await resize.process(frame);
+    frame = (await resize.process(frame)) as Frame;
     const t3 = performance.now();
     const r = await model.batcher.submit(frame.tensor!.data, 1);
     metrics.queueSeconds.observe(r.queueMs / 1000);
-    frame.predictions = { layout: detectLayout(r.dims, "auto"), dims: r.dims, data: r.data, classNames: model.classNames, model: model.name };
+    frame = derive(frame, { predictions: { layout: detectLayout(r.dims, "auto"), dims: r.dims, data: r.data, classNames: model.classNames, model: model.name } });
     const t4 = performance.now();
-    await (await nmsDef.create(nmsOptions.output, ctx("nms"))).process(frame);
+    frame = (await (await nmsDef.create(nmsOptions.output, ctx("nms"))).process(frame)) as Frame;
     const t5 = performance.now();
     const round = (x: number, k: number) => Math.round(x * k) / k;
     return c.json({

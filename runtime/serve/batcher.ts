@@ -5,16 +5,15 @@
  * whatever is queued once the oldest request has waited `maxQueueDelayMs`.
  * A model with a fixed batch size runs one request per instance call.
  */
+import { codedError } from "../core/errors.ts";
 
 /** The queue is full: the caller should answer 503 and the client retry later. */
-export class OverloadedError extends Error {
-  override name = "OverloadedError";
-}
+export const OverloadedError = codedError("OverloadedError", "E_OVERLOADED");
+export type OverloadedError = InstanceType<typeof OverloadedError>;
 
 /** Work submitted after `close()`. */
-export class ShuttingDownError extends Error {
-  override name = "ShuttingDownError";
-}
+export const ShuttingDownError = codedError("ShuttingDownError", "E_SHUTTING_DOWN");
+export type ShuttingDownError = InstanceType<typeof ShuttingDownError>;
 
 /** Runs one model instance on `batch` items laid out back to back; output dim 0 is the batch. */
 export type Runner = (input: Float32Array, batch: number) => Promise<{ data: Float32Array; dims: number[] }>;

@@ -6,11 +6,11 @@
 import { cpus } from "node:os";
 import { parseArgs } from "node:util";
 import * as v from "valibot";
-import { ConfigError } from "../errors.ts";
-import { describeIssue } from "../issues.ts";
-import { createLogger } from "../log.ts";
-import { onShutdownSignal, serve } from "../platform.ts";
-import { loadRegistry } from "../registry.ts";
+import { ConfigError } from "../core/errors.ts";
+import { describeIssue } from "../spec/issues.ts";
+import { createLogger } from "../core/log.ts";
+import { onShutdownSignal, serve } from "../platform/index.ts";
+import { loadRegistry } from "../spec/registry.ts";
 import { createServeApp } from "./app.ts";
 import { createServeMetrics } from "./metrics.ts";
 import { loadServedModel } from "./model.ts";

@@ -5,11 +5,11 @@
  */
 import { cpus } from "node:os";
 import { basename } from "node:path";
-import { ConfigError } from "../errors.ts";
-import type { TensorMetadata } from "../kserve.ts";
-import type { Logger } from "../log.ts";
+import { ConfigError } from "../core/errors.ts";
+import type { TensorMetadata } from "../inference/kserve.ts";
+import type { Logger } from "../core/log.ts";
 import { Batcher, type Runner } from "./batcher.ts";
-import { OnnxThread } from "../onnx-thread.ts";
+import { OnnxThread } from "../inference/onnx-thread.ts";
 
 export interface ServeModelOptions {
   /** A path, or a file name under models/. */

@@ -1,5 +1,5 @@
 /** Small synthetic messages for runtime tests. */
-import type { Event, Frame } from "../../runtime/message.ts";
+import type { Event, Frame } from "../../runtime/core/message.ts";
 
 export function makeFrame(seq: number, o: { live?: boolean; stream?: string; width?: number; height?: number; fill?: (x: number, y: number) => [number, number, number] } = {}): Frame {
   const width = o.width ?? 4;

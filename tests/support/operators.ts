@@ -1,8 +1,8 @@
 /** Operator instances made from the registry's definitions, as the executor makes them. */
 import * as v from "valibot";
-import type { Frame } from "../../runtime/message.ts";
-import type { SinkInstance, SourceInstance, StageContext, TransformInstance } from "../../runtime/operator.ts";
-import { loadRegistry } from "../../runtime/registry.ts";
+import type { Frame } from "../../runtime/core/message.ts";
+import type { SinkInstance, SourceInstance, StageContext, TransformInstance } from "../../runtime/core/operator.ts";
+import { loadRegistry } from "../../runtime/spec/registry.ts";
 import { captureLog, type CapturedLog } from "./pipeline.ts";
 
 export interface Made<T> {
@@ -12,11 +12,12 @@ export interface Made<T> {
 }
 
 async function make<T>(name: string, options: unknown, stage = name): Promise<Made<T>> {
-  const def = (await loadRegistry()).get(name);
+  const registry = await loadRegistry();
+  const def = registry.get(name);
   if (!def) throw new Error(`no operator ${name}`);
   const log = captureLog(stage);
   const abort = new AbortController();
-  const ctx: StageContext = { stage, pipeline: "test", log, signal: abort.signal };
+  const ctx: StageContext = { stage, pipeline: "test", log, signal: abort.signal, operators: registry };
   const instance = (await def.create(v.parse(def.options, options) as never, ctx)) as T;
   return { instance, log, abort };
 }

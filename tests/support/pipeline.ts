@@ -1,14 +1,14 @@
 /** Building and running pipelines in-process, with their log captured. */
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { PipelineFileError } from "../../runtime/errors.ts";
-import { Executor, type RunOptions } from "../../runtime/executor.ts";
-import { parsePipeline, type PipelineSpec } from "../../runtime/loader.ts";
-import type { Logger } from "../../runtime/log.ts";
-import { MemoryBus } from "../../runtime/memory-bus.ts";
-import type { OperatorDefinition } from "../../runtime/operator.ts";
-import { loadRegistry, type Registry } from "../../runtime/registry.ts";
-import type { PipelineSummary, StageSnapshot } from "../../runtime/stats.ts";
+import { PipelineFileError } from "../../runtime/core/errors.ts";
+import { Executor, type RunOptions } from "../../runtime/engine/executor.ts";
+import { parsePipeline, type PipelineSpec } from "../../runtime/spec/loader.ts";
+import type { Logger } from "../../runtime/core/log.ts";
+import { MemoryBus } from "../../runtime/bus/memory.ts";
+import type { OperatorDefinition } from "../../runtime/core/operator.ts";
+import { loadRegistry, type Registry } from "../../runtime/spec/registry.ts";
+import type { PipelineSummary, StageSnapshot } from "../../runtime/core/stats.ts";
 
 /** A Logger that keeps its lines (`level [scope] message`); FRAMEWIRE_TEST_LOG=1 also prints them. */
 export interface CapturedLog extends Logger {

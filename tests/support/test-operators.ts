@@ -4,8 +4,8 @@
  * operators/.
  */
 import * as v from "valibot";
-import type { Message } from "../../runtime/message.ts";
-import { defineOperator, type OperatorDefinition } from "../../runtime/operator.ts";
+import type { Message } from "../../runtime/core/message.ts";
+import { defineOperator, type OperatorDefinition } from "../../runtime/core/operator.ts";
 
 /** What `test-collect` sinks received, by their `key` option. */
 export const collected = new Map<string, Message[]>();

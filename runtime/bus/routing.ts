@@ -1,0 +1,339 @@
+import * as v from "valibot";
+import type { StageSpec } from "../spec/loader.ts";
+import type { Logger } from "../core/log.ts";
+import { isDroppable, type Message } from "../core/message.ts";
+import type { NatsBus } from "./nats.ts";
+import type { WireOptions } from "./wire.ts";
+
+/**
+ * The control plane of a pipeline split across processes, all plain NATS
+ * (documented in docs/distributed.md):
+ * - `fw.<pipeline>._ctl.load.<stage>`: each worker's load advert (capacity, in flight, latency), every 100 ms;
+ * - `fw.<pipeline>._w.<stage>.<worker>`: a worker's own request subject (least-loaded, prefer-local);
+ * - `fw.<pipeline>._q.<stage>`: the stage's request subject, served by a queue group (queue);
+ * - `fw.<pipeline>._ctl.eos`: a worker finished a stage (its input ended and it drained).
+ */
+export const loadSubject = (pipeline: string, stage: string) => `fw.${pipeline}._ctl.load.${stage}`;
+export const workerSubject = (pipeline: string, stage: string, worker: string) => `fw.${pipeline}._w.${stage}.${worker}`;
+export const queueSubject = (pipeline: string, stage: string) => `fw.${pipeline}._q.${stage}`;
+export const eosSubject = (pipeline: string) => `fw.${pipeline}._ctl.eos`;
+/** Queue group of a stage's workers (the `queue` route, and inputs published from outside the pipeline). */
+export const queueGroup = (pipeline: string, stage: string) => `fw.${pipeline}.${stage}`;
+
+/**
+ * A worker's answer to a request: processed (and forwarded), evicted from a
+ * full inbox, failed in the operator, not a framewire message, or shutting
+ * down (the sender tries another worker).
+ */
+export type Reply = "done" | "dropped" | "failed" | "rejected" | "closing";
+
+export const Advert = v.object({
+  worker: v.string(),
+  stage: v.string(),
+  placement: v.string(),
+  /** Messages the worker takes at once (inbox + replicas); 0 while it shuts down. */
+  capacity: v.pipe(v.number(), v.minValue(0)),
+  /** Messages it processes at the same time. */
+  replicas: v.optional(v.pipe(v.number(), v.minValue(1))),
+  inflight: v.pipe(v.number(), v.minValue(0)),
+  latencyMs: v.number(),
+  cpu: v.number(),
+  ts: v.number(),
+});
+export type Advert = v.InferOutput<typeof Advert>;
+
+const Eos = v.object({ stage: v.string(), worker: v.string() });
+
+/** A worker not heard from for this long is considered gone. */
+export const WORKER_TTL_MS = 1500;
+/** Attempts per message (the first send and retries after a worker vanished or timed out). */
+const MAX_TRIES = 3;
+
+interface Peer {
+  advert: Advert;
+  seen: number;
+  /** Requests this sender has in flight to the peer. */
+  pending: number;
+  /** `pending` when the last advert came: the rest of the advertised load is other senders'. */
+  pendingAtAdvert: number;
+  sent: number;
+  /** A request to it failed: skipped until its next advert (a dead worker sends none and expires). */
+  suspect: boolean;
+}
+
+/** One message on its way, over one or more attempts. */
+interface Flight {
+  msg: Message;
+  payload: Uint8Array;
+  tries: number;
+  /** Worker of the current attempt (undefined on the queue route, where the server picks). */
+  worker?: string;
+  /** Ends the current attempt; false when it had already ended (a late answer is then ignored). */
+  abandon?: () => boolean;
+}
+
+export interface DispatcherOptions {
+  /** How long a worker may take to answer before the message is tried elsewhere (default 30 s). */
+  timeoutMs?: number;
+  /** How the link encodes frames (the producing stage's `link`). */
+  wire?: WireOptions;
+}
+
+/**
+ * Sends one stage's output to the workers of a consumer stage in other
+ * processes, by the consumer's route:
+ * - `queue`: requests to the stage's queue group (the server picks a member);
+ * - `least-loaded`: to the worker with the most spare capacity by its adverts,
+ *   weighted by its latency (the one expected to finish the message first);
+ * - `prefer-local`: to workers of the sender's placement while they have
+ *   room, then the least loaded anywhere (e.g. the cloud, over a leaf link).
+ * Every message is a request: the worker answers once it has processed it,
+ * so the sender keeps at most the workers' advertised capacity in flight
+ * (backpressure for file sources), and a message whose worker vanished or
+ * did not answer in time is retried on another worker or counted as dropped.
+ * @example
+ * const d = new Dispatcher(bus, "retail", detectStage, "edge", log, { timeoutMs: 5000 });
+ * await d.send(frame); // resolves once the frame is on its way
+ */
+export class Dispatcher {
+  private peers = new Map<string, Peer>();
+  private flights = new Set<Flight>();
+  private sub;
+  private sweeper: ReturnType<typeof setInterval>;
+  private timeoutMs: number;
+  private subject?: string;
+  /** Messages in `launch`, waiting for a worker with room. */
+  private waiting = 0;
+  dropped = 0;
+
+  constructor(
+    private bus: NatsBus,
+    private pipeline: string,
+    readonly stage: StageSpec,
+    private placement: string,
+    private log: Logger,
+    private opts: DispatcherOptions = {},
+  ) {
+    // Long enough for a busy worker's queue (the answer comes after processing); a dead one is noticed sooner by its adverts.
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+    if (stage.route === "queue") this.subject = queueSubject(pipeline, stage.id);
+    this.sub = bus.subscribeJson(loadSubject(pipeline, stage.id), (value) => {
+      const r = v.safeParse(Advert, value);
+      if (!r.success) return;
+      const now = performance.now();
+      const peer = this.peers.get(r.output.worker);
+      if (peer) [peer.advert, peer.seen, peer.suspect, peer.pendingAtAdvert] = [r.output, now, false, peer.pending];
+      else {
+        this.peers.set(r.output.worker, { advert: r.output, seen: now, pending: 0, pendingAtAdvert: 0, sent: 0, suspect: false });
+        log.info(`worker ${r.output.worker} (${r.output.placement}) joined stage ${stage.id}`);
+      }
+    });
+    // Notices a dead worker even while no message is waiting to be sent.
+    this.sweeper = setInterval(() => this.live(), WORKER_TTL_MS / 4);
+  }
+
+  /** Messages on their way: waiting for a worker, or sent and not yet answered. */
+  get pending(): number {
+    return this.flights.size + this.waiting;
+  }
+
+  /** Messages sent to each worker so far, by worker id (least-loaded and prefer-local). */
+  sentBy(): Record<string, number> {
+    return Object.fromEntries([...this.peers].map(([id, p]) => [id, p.sent]));
+  }
+
+  /**
+   * Resolves once the message is on its way (waiting for a free worker when
+   * the message must not be dropped); the answer is handled in the background.
+   * @throws PayloadTooLargeError when the encoded message exceeds max_payload.
+   */
+  async send(msg: Message): Promise<void> {
+    // Encoded once and size-checked here: too large is the sender's error, not a worker's.
+    const payload = this.bus.encode(this.subject ?? workerSubject(this.pipeline, this.stage.id, "*"), msg, this.opts.wire);
+    await this.launch({ msg, payload, tries: 0 });
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    this.sub.unsubscribe();
+  }
+
+  /** Waits for a worker with room (or drops, see below), then sends. */
+  private async launch(f: Flight, exclude?: string): Promise<void> {
+    this.waiting++;
+    try {
+      await this.waitAndSend(f, exclude);
+    } finally {
+      this.waiting--;
+    }
+  }
+
+  private async waitAndSend(f: Flight, exclude?: string): Promise<void> {
+    const droppable = isDroppable(f.msg);
+    let deadline = performance.now() + this.timeoutMs;
+    for (;;) {
+      const target = this.pick(droppable, exclude);
+      if (target) return this.dispatch(f, target);
+      // A live frame does not wait for a worker: the next one is fresher.
+      if (droppable && this.live() === 0) return this.drop(f, `no worker of stage ${this.stage.id}`);
+      // An outage is not the workers' fault: wait for the reconnect (the bus logs it).
+      if (!this.bus.stats.connected) deadline = performance.now() + this.timeoutMs;
+      if (performance.now() > deadline) return this.drop(f, `no worker of stage ${this.stage.id} took it for ${this.timeoutMs / 1000} s`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  /** Live workers, forgetting (and re-sending the messages of) those that went silent. */
+  private live(): number {
+    const now = performance.now();
+    for (const [id, p] of this.peers) {
+      if (now - p.seen <= WORKER_TTL_MS || !this.bus.stats.connected) continue;
+      this.peers.delete(id);
+      this.log.warn(`worker ${id} of stage ${this.stage.id} left (no load advert for ${WORKER_TTL_MS} ms)`);
+      for (const f of this.flights) if (f.worker === id && f.abandon?.()) this.retry(f, id, "its worker left");
+    }
+    return this.peers.size;
+  }
+
+
+  /** The worker subject to send to, or undefined when none has room (for a message that must not be dropped). */
+  private pick(droppable: boolean, exclude?: string): { subject: string; peer?: Peer } | undefined {
+    this.live();
+    if (this.subject) {
+      // queue: the server picks the member; the sender keeps the group's total capacity in flight.
+      let capacity = 0;
+      for (const p of this.peers.values()) capacity += p.advert.capacity;
+      if (capacity === 0 || (!droppable && this.flights.size >= capacity)) return undefined;
+      return { subject: this.subject };
+    }
+    const usable = [...this.peers].filter(([, p]) => !p.suspect && p.advert.capacity > 0);
+    // A retry goes to another worker when there is one, else to the same again.
+    const others = usable.filter(([id]) => id !== exclude);
+    const candidates = (others.length ? others : usable).map(([, p]) => p);
+    // Once every worker has reported its latency, the cost of a worker is when it would finish the message
+    // ((queue + 1) x latency, per replica): a worker 3x slower gets work only while it would still be done first.
+    // Before that, the most spare slots.
+    const timed = candidates.every((p) => p.advert.latencyMs > 0);
+    // This sender's own requests are counted exactly; other senders' load is what the last advert showed beyond ours.
+    const load = (p: Peer) => p.pending + Math.max(0, p.advert.inflight - p.pendingAtAdvert);
+    const free = (p: Peer) => p.advert.capacity - load(p);
+    let best: Peer | undefined;
+    let bestCost = Infinity;
+    for (const p of candidates) {
+      let cost = timed ? Math.ceil((load(p) + 1) / (p.advert.replicas ?? 1)) * p.advert.latencyMs : -free(p);
+      // prefer-local: the sender's own placement first while it has room.
+      if (this.stage.route === "prefer-local" && p.advert.placement === this.placement && free(p) > 0) cost -= 1e12;
+      if (cost < bestCost) [best, bestCost] = [p, cost];
+    }
+    // A file frame or event waits for the best worker rather than queue behind a worse one; a live frame
+    // goes now (the worker's inbox drops its oldest: latency stays bounded).
+    if (!best || (!droppable && free(best) <= 0)) return undefined;
+    return { subject: workerSubject(this.pipeline, this.stage.id, best.advert.worker), peer: best };
+  }
+
+  private dispatch(f: Flight, target: { subject: string; peer?: Peer }): void {
+    const peer = target.peer;
+    const worker = peer?.advert.worker;
+    let open = true;
+    const settle = () => {
+      if (!open) return false;
+      open = false;
+      this.flights.delete(f);
+      if (peer) peer.pending--;
+      return true;
+    };
+    f.tries++;
+    f.worker = worker;
+    f.abandon = settle;
+    this.flights.add(f);
+    if (peer) {
+      peer.pending++;
+      peer.sent++;
+    }
+    this.bus.request(target.subject, f.payload, this.timeoutMs).then(
+      (reply) => {
+        if (!settle()) return;
+        if (reply === "closing") return this.retry(f, worker, `worker ${worker ?? "(queue)"} is shutting down`, false);
+        if (reply === "dropped") this.dropped++;
+        else if (reply !== "done") this.log.warn(`stage ${this.stage.id}: worker answered ${reply} for ${describe(f.msg)}`);
+      },
+      (err: Error) => {
+        if (!settle()) return;
+        // No responders (it vanished or stopped taking work) or no answer in time (stuck): avoid
+        // the worker until it advertises again; if it is dead, expiry re-sends its other messages.
+        if (peer) peer.suspect = true;
+        else this.peers.clear();
+        this.retry(f, worker, err.message);
+      },
+    );
+  }
+
+  /** Sends a message again, elsewhere when possible; drops it after MAX_TRIES. */
+  private retry(f: Flight, worker: string | undefined, why: string, counts = true): void {
+    if (!counts) f.tries--;
+    if (f.tries >= MAX_TRIES) return this.drop(f, `${why}; gave up after ${MAX_TRIES} tries`);
+    this.log.warn(`${describe(f.msg)} to stage ${this.stage.id}: ${why}; retrying${worker ? " on another worker" : ""}`);
+    void this.launch(f, worker);
+  }
+
+  private drop(f: Flight, why: string): void {
+    this.dropped++;
+    if (this.dropped <= 5 || this.dropped % 100 === 0) this.log.warn(`dropped ${describe(f.msg)} (${this.dropped} so far): ${why}`);
+  }
+}
+
+function describe(msg: Message): string {
+  return `${msg.kind} ${msg.stream}#${msg.seq}`;
+}
+
+/** Tracks which workers of which stages exist and which have finished. */
+export class EndOfStream {
+  private done = new Map<string, Set<string>>();
+  private alive = new Map<string, Map<string, number>>();
+  private subs;
+
+  constructor(
+    private bus: NatsBus,
+    private pipeline: string,
+    stages: string[],
+  ) {
+    const watched = new Set(stages);
+    this.subs = [
+      bus.subscribeJson(eosSubject(pipeline), (value) => {
+        const r = v.safeParse(Eos, value);
+        if (!r.success || !watched.has(r.output.stage)) return;
+        const set = this.done.get(r.output.stage) ?? new Set();
+        set.add(r.output.worker);
+        this.done.set(r.output.stage, set);
+      }),
+      ...stages.map((s) =>
+        bus.subscribeJson(loadSubject(pipeline, s), (value) => {
+          const r = v.safeParse(Advert, value);
+          if (!r.success) return;
+          const m = this.alive.get(s) ?? new Map();
+          m.set(r.output.worker, performance.now());
+          this.alive.set(s, m);
+        }),
+      ),
+    ];
+  }
+
+  /** True once `stage` has reported end of stream and none of its live workers is still going. */
+  finished(stage: string): boolean {
+    const done = this.done.get(stage);
+    if (!done?.size) return false;
+    const now = performance.now();
+    for (const [worker, seen] of this.alive.get(stage) ?? []) {
+      if (now - seen < WORKER_TTL_MS && !done.has(worker)) return false;
+    }
+    return true;
+  }
+
+  announce(stage: string, worker: string): void {
+    this.bus.publishJson(eosSubject(this.pipeline), { stage, worker });
+  }
+
+  close(): void {
+    for (const s of this.subs) s.unsubscribe();
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * Observing a running pipeline: the status view, the HTTP server (health,
+ * metrics, status API, live page) and the NATS status responder.
+ */
+import type { Logger } from "../core/log.ts";
+import type { Executor } from "../engine/executor.ts";
+import type { HttpOptions } from "../spec/http-options.ts";
+import { serveStatus } from "./cluster.ts";
+import { startHttpServer } from "./http/server.ts";
+import { StatusView } from "./status.ts";
+
+/** What observing a running pipeline holds open; `close()` after the executor is done. */
+export interface Observing {
+  view: StatusView;
+  /** The HTTP server's base URL, when it runs. */
+  url?: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts what watches a pipeline: the HTTP server when `http` is given, the
+ * NATS status responder when the bus is NATS. Call before `exec.start()` so
+ * health and readiness answer while models load.
+ * @example
+ * const obs = await observe(exec, { http: { port: 9464, host: "127.0.0.1", publicMetrics: true, maxBodyBytes: 65536, liveFps: 5, liveWidth: 640 }, log });
+ * await exec.start();
+ * await exec.done;
+ * await obs.close();
+ */
+export async function observe(exec: Executor, o: { http?: HttpOptions; log: Logger }): Promise<Observing> {
+  const view = new StatusView(exec);
+  view.start();
+  const nats = view.natsBus();
+  const sub = nats ? serveStatus(nats, view) : undefined;
+  const server = o.http ? await startHttpServer(view, o.http, o.log.child("http")) : undefined;
+  return {
+    view,
+    url: server?.url,
+    async close() {
+      sub?.unsubscribe();
+      await server?.stop();
+      view.stop();
+    },
+  };
+}
+
