@@ -2,8 +2,7 @@
  * framewire's public API: what a user operator or an embedding program
  * imports (`import { defineOperator } from "framewire"`).
  * @example
- * import * as v from "valibot";
- * import { defineOperator, derive } from "framewire";
+ * import { defineOperator, derive, v } from "framewire";
  * export default defineOperator({
  *   name: "count-people", kind: "transform", description: "Counts people per frame into meta.people.",
  *   options: v.strictObject({}),
@@ -12,6 +11,8 @@
  *   }),
  * });
  */
+/** valibot, as framewire uses it: operators' option schemas need no dependency of their own. */
+export * as v from "valibot";
 export { defineOperator } from "./core/operator.ts";
 export type {
   Observable,

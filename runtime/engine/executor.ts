@@ -1,6 +1,7 @@
 import type { Bus, Subscription } from "../core/bus.ts";
 import { Dispatcher, EndOfStream, loadSubject, queueGroup, queueSubject, workerSubject, type Reply } from "../bus/routing.ts";
 import { Inbox } from "../core/inbox.ts";
+import { Reorder } from "../core/reorder.ts";
 import { stageSubject, type PipelineSpec, type StageSpec } from "../spec/loader.ts";
 import { createLogger, type Logger } from "../core/log.ts";
 import { MemoryBus } from "../bus/memory.ts";
@@ -21,6 +22,9 @@ interface RunningStage {
   busy: number;
   send: (msg: Message) => Promise<void>;
 }
+
+/** Finished frames per replica that may wait behind a slower one before it is skipped. */
+const REORDER_WINDOW_PER_REPLICA = 4;
 
 export interface RunOptions {
   /** Stop the sources after this many frames in total, then drain. */
@@ -233,17 +237,27 @@ export class Executor {
         this.accepting.add(st.spec.id);
       }
     }
-    for (let i = 0; i < st.spec.replicas; i++) void this.work(st, inbox, acks);
+    // Replicas finish out of order; their outputs are put back in arrival order (bounded window).
+    const order = st.spec.replicas > 1 && st.spec.def.kind === "transform" ? new Reorder<Message>(REORDER_WINDOW_PER_REPLICA * st.spec.replicas, (m) =>
+            st.send(m).catch((err: Error) => {
+              st.stats.failed++;
+              st.stats.lastError = err.message;
+              if (st.stats.failed <= 3 || st.stats.failed % 100 === 0) this.log.child(st.spec.id).error(`${describe(m)} could not be sent on: ${err.message}`);
+            }),
+          ) : undefined;
+    for (let i = 0; i < st.spec.replicas; i++) void this.work(st, inbox, acks, order);
   }
 
-  private async work(st: RunningStage, inbox: Inbox, acks: WeakMap<Message, (reply: Reply) => void>): Promise<void> {
+  private async work(st: RunningStage, inbox: Inbox, acks: WeakMap<Message, (reply: Reply) => void>, order?: Reorder<Message>): Promise<void> {
     const inst = st.instance as TransformInstance | SinkInstance;
     const isSink = st.spec.def.kind === "sink";
     for (let msg = await inbox.take(); msg; msg = await inbox.take()) {
+      const ticket = order?.ticket();
       st.busy++;
       st.stats.received++;
       if (msg.kind === "event") st.stats.events++;
       const t0 = performance.now();
+      let outputs: Message[] | null = null;
       try {
         const out = await inst.process(msg);
         const ms = performance.now() - t0;
@@ -251,15 +265,17 @@ export class Executor {
         if (isSink) {
           if (msg.kind === "frame") st.stats.endToEnd.record(Date.now() - msg.ts);
         } else if (out) {
-          for (const o of Array.isArray(out) ? out : [out]) {
-            // Emitted messages are frozen: every subscriber shares them, none may change them.
-            const m = seal(o.kind === "frame" ? derive(o, { timings: { ...o.timings, [st.spec.id]: ms } }) : o);
-            st.stats.sent++;
-            await st.send(m);
-          }
+          // Emitted messages are frozen: every subscriber shares them, none may change them.
+          outputs = (Array.isArray(out) ? out : [out]).map((o) => seal(o.kind === "frame" ? derive(o, { timings: { ...o.timings, [st.spec.id]: ms } }) : o));
         }
+        if (order) {
+          const before = order.skipped + order.late;
+          await order.complete(ticket!, outputs);
+          this.noteReorder(st, order, before);
+        } else if (outputs) for (const m of outputs) await st.send(m);
         acks.get(msg)?.("done");
       } catch (err) {
+        if (order && outputs === null) await order.complete(ticket!, null);
         st.stats.failed++;
         acks.get(msg)?.("failed");
         // A few lines, then one per hundred: a broken stream must not flood the log.
@@ -270,6 +286,17 @@ export class Executor {
       } finally {
         st.busy--;
       }
+    }
+  }
+
+  /** Counts and logs (rate-limited) what the reorder window gave up on. */
+  private noteReorder(st: RunningStage, order: Reorder<Message>, before: number): void {
+    const lost = order.skipped + order.late - before;
+    if (lost <= 0) return;
+    st.stats.dropped += lost;
+    const total = order.skipped + order.late;
+    if (total <= 3 || total % 100 === 0) {
+      this.log.child(st.spec.id).warn(`reorder window full behind a slow replica: ${total} frame(s) skipped so far, to keep the stream in order`);
     }
   }
 
