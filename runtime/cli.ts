@@ -8,7 +8,7 @@
 import { parseArgs } from "node:util";
 import { ConfigError, PipelineFileError } from "./core/errors.ts";
 import { runPipeline, type PipelineRun } from "./run.ts";
-import { loadPipeline } from "./spec/loader.ts";
+import { loadPipeline, suggest } from "./spec/loader.ts";
 import { createLogger } from "./core/log.ts";
 import type { PipelineSpec } from "./spec/loader.ts";
 import { isAbsolute, relative } from "node:path";
@@ -22,7 +22,10 @@ const USAGE = `usage:
   bun run pipeline FILE [--frames N] [--json] [--nats URL] [--stages a,b] [--placement edge|cloud] [--worker-id ID] [--http-port N]
   bun run validate FILE
   bun run status [--nats URL] [--wait SECONDS] [--json]
-  bun run eval coco --images DIR --labels DIR [--model FILE]`;
+  bun run serve --model FILE [--port N] (bun run serve --help)
+  bun run eval coco --images DIR --labels DIR [--model FILE]
+  bun run docs [--check]      regenerate docs/operators.md
+  bun run docs FILE           print the docs of the operators FILE adds (its operators: list)`;
 
 async function openPipeline(name: string | undefined) {
   if (!name) throw new ConfigError(`no pipeline file given\n${USAGE}`);
@@ -111,9 +114,21 @@ async function validate(rest: string[]): Promise<number> {
   return 0;
 }
 
-/** Writes docs/operators.md from the operators' schemas; `--check` only compares. */
+/**
+ * Writes docs/operators.md from the operators' schemas; `--check` only
+ * compares; with a pipeline file, prints the docs of that file's own operators.
+ */
 async function docs(rest: string[]): Promise<number> {
   const { operatorsMarkdown } = await import("./spec/schema-doc.ts");
+  const pipeline = rest.find((a) => !a.startsWith("-"));
+  if (pipeline) {
+    const spec = await openPipeline(pipeline);
+    const builtIn = await loadRegistry();
+    const own = [...spec.registry.values()].filter((d) => !builtIn.has(d.name));
+    if (!own.length) throw new ConfigError(`${spec.file} adds no operators (list modules under operators: at its top level)`);
+    console.log(operatorsMarkdown(own));
+    return 0;
+  }
   const { join } = await import("node:path");
   const { readFileSync, writeFileSync, mkdirSync } = await import("node:fs");
   const { projectRoot } = await import("./platform/paths.ts");
@@ -129,6 +144,14 @@ async function docs(rest: string[]): Promise<number> {
   writeFileSync(file, text);
   console.log(`wrote ${file}`);
   return 0;
+}
+
+/** "unknown option --frame (did you mean --frames?)" from parseArgs's message, with the flags USAGE lists. */
+function unknownOption(message: string): string {
+  const typed = /'(--?[\w-]+)'/.exec(message)?.[1];
+  if (!typed) return message;
+  const hint = suggest(typed, [...new Set(USAGE.match(/--[a-z][\w-]*/g) ?? [])]);
+  return `unknown option ${typed}${hint ? ` (did you mean ${hint}?)` : ""}`;
 }
 
 async function main(): Promise<number> {
@@ -160,7 +183,7 @@ async function main(): Promise<number> {
       return 2;
     }
     if (err instanceof TypeError && (err as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
-      console.error(`error: ${err.message}\n${USAGE}`);
+      console.error(`error: ${unknownOption(err.message)}\n${USAGE}`);
       return 2;
     }
     throw err;

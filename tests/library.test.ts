@@ -182,3 +182,18 @@ describe("frame ownership and order", () => {
     expect(got.every((f) => f.meta?.uneven === true && f.meta.tracks?.length === 1)).toBe(true);
   });
 });
+
+describe("the command line", () => {
+  test("a mistyped flag gets a did-you-mean; docs FILE prints a user operator's docs from its schema", async () => {
+    const dir = await userProject();
+    await writePipeline(dir, `name: shop\noperators: [./ops/brightness.ts]\nstages:\n  - id: cam\n    use: ingest\n    with: { url: ${video} }\n  - id: light\n    use: brightness\n`, "shop.yaml");
+    const typo = await runCli(["run", "shop.yaml", "--frame", "3"], { cwd: dir });
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toContain("error: unknown option --frame (did you mean --frames?)");
+    const docs = await runCli(["docs", "shop.yaml"], { cwd: dir });
+    expect(docs.code).toBe(0);
+    expect(docs.stdout).toContain("brightness");
+    expect(docs.stdout).toContain("Mean luma (0..255) below which a frame counts as dark.");
+    expect(docs.stdout).not.toContain("infer-onnx");
+  });
+});

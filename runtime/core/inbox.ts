@@ -1,4 +1,9 @@
+import { codedError } from "./errors.ts";
 import { isDroppable, type Message } from "./message.ts";
+
+/** A push into an inbox that was closed (before or while the push waited for space). */
+export const InboxClosedError = codedError("InboxClosedError", "E_INBOX_CLOSED");
+export type InboxClosedError = InstanceType<typeof InboxClosedError>;
 
 /**
  * A stage's bounded input queue. When full, a live frame evicts the oldest
@@ -23,7 +28,7 @@ export class Inbox {
 
   /** Resolves when the message is queued (immediately unless it must wait for space). */
   push(msg: Message): void | Promise<void> {
-    if (this.closed) throw new Error("inbox is closed");
+    if (this.closed) throw new InboxClosedError("inbox is closed");
     const taker = this.takers.shift();
     if (taker) return taker(msg);
     if (this.items.length < this.capacity) {
@@ -54,10 +59,15 @@ export class Inbox {
     return new Promise((resolve) => this.takers.push(resolve));
   }
 
-  /** No more pushes; takers get what is queued, then undefined. */
+  /**
+   * No more pushes; takers get what is queued, then undefined. Pushers still
+   * waiting for space are settled too: their promises reject with
+   * InboxClosedError (nothing waits forever on a closed inbox).
+   */
   close(): void {
     this.closed = true;
     for (const t of this.takers.splice(0)) t(undefined);
+    for (const w of this.spaceWaiters.splice(0)) w();
   }
 
   private waitForSpace(): Promise<void> {

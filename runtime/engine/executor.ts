@@ -1,5 +1,6 @@
 import type { Bus, Subscription } from "../core/bus.ts";
 import { Dispatcher, EndOfStream, loadSubject, queueGroup, queueSubject, workerSubject, type Reply } from "../bus/routing.ts";
+import { hostname } from "node:os";
 import { Inbox } from "../core/inbox.ts";
 import { Reorder } from "../core/reorder.ts";
 import { stageSubject, type PipelineSpec, type StageSpec } from "../spec/loader.ts";
@@ -23,6 +24,16 @@ interface RunningStage {
   send: (msg: Message) => Promise<void>;
 }
 
+/**
+ * host-pid-random: unique even where every process is pid 1 (containers), and
+ * one NATS subject token (no dots or wildcards).
+ */
+function defaultWorkerId(): string {
+  const host = hostname().replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 40) || "host";
+  const random = Math.floor(Math.random() * 0x1000000).toString(16).padStart(6, "0");
+  return `${host}-${globalThis.process?.pid ?? 0}-${random}`;
+}
+
 /** Finished frames per replica that may wait behind a slower one before it is skipped. */
 const REORDER_WINDOW_PER_REPLICA = 4;
 
@@ -31,7 +42,7 @@ export interface RunOptions {
   frames?: number;
   /** Run only these stage ids (the rest run in other processes on the same NATS). */
   stages?: string[];
-  /** Id of this process among a stage's workers (default: host-pid). */
+  /** Id of this process among a stage's workers (default: host-pid-random, unique per process). */
   workerId?: string;
   /** This process's placement, for prefer-local routing. */
   placement?: "edge" | "cloud" | "any";
@@ -88,7 +99,7 @@ export class Executor {
     this.local = new Set(opts.stages ?? spec.stages.map((s) => s.id));
     if (bus.kind === "nats") this.remote = bus as NatsBus;
     this.memory = this.remote ? new MemoryBus() : bus;
-    this.workerId = opts.workerId ?? `${globalThis.process?.pid ?? Math.floor(Math.random() * 1e6)}`;
+    this.workerId = opts.workerId ?? defaultWorkerId();
   }
 
   /** Creates every local operator instance (loading models), then starts the flow. */
@@ -239,7 +250,7 @@ export class Executor {
     }
     // Replicas finish out of order; their outputs are put back in arrival order (bounded window).
     const order = st.spec.replicas > 1 && st.spec.def.kind === "transform" ? new Reorder<Message>(REORDER_WINDOW_PER_REPLICA * st.spec.replicas, (m) =>
-            st.send(m).catch((err: Error) => {
+            st.send(m).then(() => void st.stats.sent++, (err: Error) => {
               st.stats.failed++;
               st.stats.lastError = err.message;
               if (st.stats.failed <= 3 || st.stats.failed % 100 === 0) this.log.child(st.spec.id).error(`${describe(m)} could not be sent on: ${err.message}`);
@@ -272,7 +283,12 @@ export class Executor {
           const before = order.skipped + order.late;
           await order.complete(ticket!, outputs);
           this.noteReorder(st, order, before);
-        } else if (outputs) for (const m of outputs) await st.send(m);
+        } else if (outputs) {
+          for (const m of outputs) {
+            await st.send(m);
+            st.stats.sent++;
+          }
+        }
         acks.get(msg)?.("done");
       } catch (err) {
         if (order && outputs === null) await order.complete(ticket!, null);

@@ -6,7 +6,7 @@ import { describeIssue, formatPath } from "./issues.ts";
 import type { OperatorDefinition } from "../core/operator.ts";
 import { readText } from "../platform/index.ts";
 import { importOperator, type Registry } from "./registry.ts";
-import { checkSubject } from "../core/subject.ts";
+import { checkSubject, subjectMatches } from "../core/subject.ts";
 import { interpolate } from "./interpolate.ts";
 
 const Subject = v.pipe(
@@ -228,9 +228,39 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
     return { id: s.id, def, options, inputs, output, inboxSize: s.inbox ?? DEFAULT_INBOX, replicas: s.replicas, route: s.route, placement: s.placement, link: s.link, line: lineOf(doc, lines, ["stages", i]) };
   });
   if (!stages.some((s) => s.def.kind === "source")) reportAt(doc, at, ["stages"], "no source stage: the pipeline would never receive a frame");
+  const cycle = findCycle(stages);
+  if (cycle) reportAt(doc, at, ["stages", stages.indexOf(cycle[0]), "in"], `stages ${[...cycle, cycle[0]].map((s) => s.id).join(" → ")} form a cycle: every message would go round forever`);
   if (issues.length) throw fail();
   const { url, ...nats } = bus;
   return { name: p.name, file, bus: url, ...(typeof p.bus === "object" ? { nats } : {}), stages, ...(p.http ? { http: p.http } : {}), registry };
+}
+
+/** A cycle of stages through in/out (each consumes what the next-to-last produced), or undefined. */
+function findCycle(stages: StageSpec[]): StageSpec[] | undefined {
+  const feeds = (from: StageSpec, to: StageSpec) => from.def.kind !== "sink" && to.inputs.some((i) => subjectMatches(i, from.output));
+  const state = new Map<StageSpec, 1 | 2>();
+  const path: StageSpec[] = [];
+  const visit = (s: StageSpec): StageSpec[] | undefined => {
+    state.set(s, 1);
+    path.push(s);
+    for (const next of stages) {
+      if (!feeds(s, next)) continue;
+      if (state.get(next) === 1) return path.slice(path.indexOf(next));
+      if (!state.has(next)) {
+        const found = visit(next);
+        if (found) return found;
+      }
+    }
+    path.pop();
+    state.set(s, 2);
+    return undefined;
+  };
+  for (const s of stages) {
+    if (state.has(s)) continue;
+    const found = visit(s);
+    if (found) return found;
+  }
+  return undefined;
 }
 
 type At = (offset: number, path: string, message: string) => void;
@@ -341,7 +371,8 @@ function lineOf(doc: Document, lines: LineCounter, keys: (string | number)[]): n
 }
 
 /** Closest known name by edit distance, if close enough to be a typo. */
-function suggest(word: string, known: string[]): string | undefined {
+/** The known word closest to `word` by edit distance, when close enough to be a typo. */
+export function suggest(word: string, known: string[]): string | undefined {
   let best: string | undefined;
   let bestD = Math.max(2, Math.floor(word.length / 3)) + 1;
   for (const k of known) {
