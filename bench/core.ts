@@ -29,6 +29,7 @@ async function decode(n: number): Promise<{ frames: Frame[]; fps: number }> {
   const ac = new AbortController();
   const t0 = performance.now();
   await src.run(async (f) => {
+    if (f.kind !== "frame") return;
     frames.push(f);
     if (frames.length >= n) ac.abort();
   }, ac.signal);

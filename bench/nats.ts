@@ -35,6 +35,7 @@ async function clipFrame(): Promise<Frame> {
   const ac = new AbortController();
   let frame: Frame | undefined;
   await src.run(async (f) => {
+    if (f.kind !== "frame") return;
     frame ??= f;
     ac.abort();
   }, ac.signal);

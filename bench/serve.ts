@@ -130,6 +130,7 @@ export async function benchServe(requests = 48, frames = 30): Promise<string> {
   const decoded: Frame[] = [];
   const stop = new AbortController();
   await ingest.run(async (f) => {
+    if (f.kind !== "frame") return;
     decoded.push(f);
     if (decoded.length >= frames) stop.abort();
   }, stop.signal);

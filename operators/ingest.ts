@@ -1,221 +1,316 @@
 import * as v from "valibot";
 import { resolveFfmpeg } from "../runtime/media/ffmpeg.ts";
-import type { Frame } from "../runtime/core/message.ts";
-import { defineOperator } from "../runtime/core/operator.ts";
+import { Camera, redact, type CameraOptions } from "../runtime/media/camera.ts";
+import type { Message } from "../runtime/core/message.ts";
+import { defineOperator, type StageContext } from "../runtime/core/operator.ts";
+import {
+  StreamExistsError,
+  StreamNotFoundError,
+  StreamOptionsError,
+  type StreamControl,
+  type StreamInfo,
+  type StreamStore,
+} from "../runtime/core/streams.ts";
+import { describeIssue, formatPath } from "../runtime/spec/issues.ts";
+import { kvStreamStore } from "../runtime/bus/stream-kv.ts";
+import { fileStreamStore } from "../runtime/platform/stream-file.ts";
 import { resolveMediaPath } from "../runtime/platform/paths.ts";
-import { spawn, type ChildProcess } from "../runtime/platform/index.ts";
-import { PpmReader } from "../runtime/media/ppm.ts";
 
 const STREAMING = /^(rtsps?|rtmps?|srt|udp|rtp|tcp):\/\//i;
 const HAS_SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
+/** `rtsp://host:/path`: a colon with no port after it. */
+const EMPTY_PORT = /^[a-z][a-z0-9+.-]*:\/\/(?:[^/@]*@)?[^/:]*:(?:\/|$)/i;
 
-const Options = v.strictObject({
-  url: v.pipe(
-    v.string(),
-    v.minLength(1),
-    v.check(
-      (u) => HAS_SCHEME.test(u) || resolveMediaPath(u) !== undefined,
-      "file not found (give a URL like rtsp://host/path or an existing file)",
-    ),
-    v.description("rtsp://, rtmp://, http(s)://, srt://, udp:// or a file path (relative to the working directory or the project)."),
-  ),
-  stream: v.optional(v.pipe(v.string(), v.regex(/^[\w-]+$/), v.description("Stream id carried on every frame; defaults to the stage id."))),
-  fps: v.optional(
-    v.pipe(
-      v.number(),
-      v.minValue(0.01),
-      v.maxValue(240),
-      v.description("Frame-rate cap: frames arriving faster are skipped inside ffmpeg."),
-    ),
-  ),
-  width: v.optional(
-    v.pipe(v.number(), v.integer(), v.minValue(16), v.maxValue(8192), v.description("Scale in ffmpeg to this size (both or neither).")),
-  ),
+const Url = v.pipe(
+  v.string(),
+  v.minLength(1),
+  v.check((u) => !EMPTY_PORT.test(u), "the URL has a colon but no port (e.g. rtsp://host:8554/path, or drop the colon)"),
+  v.check((u) => HAS_SCHEME.test(u) || resolveMediaPath(u) !== undefined, "file not found (give a URL like rtsp://host/path or an existing file)"),
+  v.description("rtsp://, rtmp://, http(s)://, srt://, udp:// or a file path (relative to the working directory or the project)."),
+);
+const StreamId = v.pipe(v.string(), v.regex(/^[\w-]+$/, "expected a stream id of letters, digits, _ and -"), v.maxLength(64));
+
+/** Options a stream may set for itself; the stage's values are the defaults. */
+const PerStream = {
+  fps: v.optional(v.pipe(v.number(), v.minValue(0.01), v.maxValue(240), v.description("Frame-rate cap: frames arriving faster are skipped inside ffmpeg."))),
+  width: v.optional(v.pipe(v.number(), v.integer(), v.minValue(16), v.maxValue(8192), v.description("Scale in ffmpeg to this size (both or neither)."))),
   height: v.optional(v.pipe(v.number(), v.integer(), v.minValue(16), v.maxValue(8192))),
-  realtime: v.optional(v.pipe(v.boolean(), v.description("Read files at their native rate (ffmpeg -re), like a camera.")), false),
-  loop: v.optional(v.pipe(v.boolean(), v.description("Restart files from the beginning when they end.")), false),
+  realtime: v.optional(v.pipe(v.boolean(), v.description("Read files at their native rate (ffmpeg -re), like a camera."))),
+  loop: v.optional(v.pipe(v.boolean(), v.description("Restart files from the beginning when they end."))),
   live: v.optional(
     v.pipe(
       v.boolean(),
-      v.description(
-        "Live streams drop stale frames under overload and reconnect when they end; default: true for streaming URLs and realtime files.",
-      ),
+      v.description("Live streams drop stale frames under overload and reconnect when they end; default: true for streaming URLs and realtime files."),
     ),
   ),
-  transport: v.optional(v.pipe(v.picklist(["tcp", "udp"]), v.description("RTSP lower transport.")), "tcp"),
-  stallTimeout: v.optional(v.pipe(v.number(), v.minValue(0.5), v.description("Seconds without a frame before ffmpeg is restarted.")), 10),
-  reconnectDelay: v.optional(
-    v.pipe(v.number(), v.minValue(0.05), v.description("Reconnect backoff in seconds: first delay, doubled up to the max.")),
-    0.5,
-  ),
-  reconnectMaxDelay: v.optional(v.pipe(v.number(), v.minValue(0.05)), 10),
-});
+  transport: v.optional(v.pipe(v.picklist(["tcp", "udp"]), v.description("RTSP lower transport (default tcp)."))),
+  stallTimeout: v.optional(v.pipe(v.number(), v.minValue(0.5), v.description("Seconds without a frame before ffmpeg is restarted (default 10)."))),
+  reconnectDelay: v.optional(v.pipe(v.number(), v.minValue(0.05), v.description("Reconnect backoff in seconds: first delay, doubled up to the max (default 0.5)."))),
+  reconnectMaxDelay: v.optional(
+    v.pipe(v.number(), v.minValue(0.05), v.description("Longest reconnect delay in seconds (default 2: frames are back within ~2 s of a camera's return)."))),
+};
+
+/** One entry of `streams:`, and the body of `POST /api/streams`. */
+const StreamSpec = v.pipe(
+  v.strictObject({ id: StreamId, url: Url, ...PerStream }),
+  v.check((o) => (o.width === undefined) === (o.height === undefined), "width and height go together"),
+);
+type StreamSpec = v.InferOutput<typeof StreamSpec>;
+/** The body of `PATCH /api/streams/:id`: any per-stream option, or a new url. */
+const StreamPatch = v.strictObject({ url: v.optional(Url), ...PerStream });
+
+const Options = v.pipe(
+  v.strictObject({
+    url: v.optional(Url),
+    stream: v.optional(v.pipe(StreamId, v.description("Stream id carried on every frame of `url`; defaults to the stage id."))),
+    streams: v.optional(
+      v.pipe(
+        v.array(StreamSpec),
+        v.minLength(1),
+        v.check((a) => new Set(a.map((s) => s.id)).size === a.length, "stream ids must be unique"),
+        v.description("Several cameras in one stage: `{ id, url, ...any option below }` each; the stage's options are their defaults. Changed at runtime through /api/streams or `bun run streams`."),
+      ),
+    ),
+    ...PerStream,
+    state: v.optional(
+      v.pipe(
+        v.string(),
+        v.minLength(1),
+        v.description("Memory bus: the file keeping a stream set changed at runtime (default out/<pipeline>.<stage>.streams.json). On NATS the set lives in the KV bucket fw_streams_<pipeline>."),
+      ),
+    ),
+  }),
+  v.check((o) => (o.url === undefined) !== (o.streams === undefined), "give url (one stream) or streams (several), not both"),
+  v.check((o) => (o.width === undefined) === (o.height === undefined), "width and height go together"),
+);
 type Options = v.InferOutput<typeof Options>;
 
-/** ffmpeg arguments that decode `url` to a stream of PPM (rgb24) frames on stdout. */
-export function ffmpegArgs(o: Options, input: string): string[] {
-  const args = ["-hide_banner", "-nostdin", "-loglevel", "error"];
-  if (/^rtsps?:/i.test(input)) args.push("-rtsp_transport", o.transport);
-  if (o.realtime) args.push("-re");
-  if (o.loop && !HAS_SCHEME.test(input)) args.push("-stream_loop", "-1");
-  args.push("-i", input, "-an", "-sn", "-dn");
-  const filters: string[] = [];
-  // A true cap: keep a frame only once 1/fps has passed since the last kept one (the fps filter would duplicate).
-  if (o.fps) filters.push(`select='isnan(prev_selected_t)+gte(t-prev_selected_t,${(1 / o.fps - 0.001).toFixed(4)})'`);
-  if (o.width && o.height) filters.push(`scale=${o.width}:${o.height}`);
-  if (filters.length) args.push("-vf", filters.join(","));
-  args.push("-vsync", "0", "-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "pipe:1");
-  return args;
+/** The stage-level defaults of the per-stream options. */
+const DEFAULTS = { realtime: false, loop: false, transport: "tcp" as const, stallTimeout: 10, reconnectDelay: 0.5, reconnectMaxDelay: 2 };
+
+function cameraOptions(o: Options, s: StreamSpec): CameraOptions {
+  const pick = <K extends keyof typeof PerStream>(k: K) => s[k] ?? o[k];
+  const input = HAS_SCHEME.test(s.url) ? s.url : resolveMediaPath(s.url)!;
+  const realtime = pick("realtime") ?? DEFAULTS.realtime;
+  return {
+    input,
+    fps: pick("fps"),
+    width: pick("width"),
+    height: pick("height"),
+    realtime,
+    loop: pick("loop") ?? DEFAULTS.loop,
+    live: pick("live") ?? (STREAMING.test(input) || realtime),
+    transport: pick("transport") ?? DEFAULTS.transport,
+    stallTimeout: pick("stallTimeout") ?? DEFAULTS.stallTimeout,
+    reconnectDelay: pick("reconnectDelay") ?? DEFAULTS.reconnectDelay,
+    reconnectMaxDelay: pick("reconnectMaxDelay") ?? DEFAULTS.reconnectMaxDelay,
+  };
+}
+
+/** A spec validated against `schema`, or a StreamOptionsError naming each field. */
+function check<S extends v.GenericSchema>(schema: S, value: unknown, what: string): v.InferOutput<S> {
+  const r = v.safeParse(schema, value, { abortEarly: false });
+  if (r.success) return r.output;
+  throw new StreamOptionsError(
+    `${what}: ${r.issues.map((i) => `${formatPath((i.path ?? []).map((p) => p.key as string)) || "(body)"}: ${describeIssue(i, schema)}`).join("; ")}`,
+  );
+}
+
+async function openStore(o: Options, ctx: StageContext): Promise<StreamStore | undefined> {
+  if (ctx.nats) {
+    try {
+      return await kvStreamStore(ctx.nats, ctx.pipeline, ctx.stage);
+    } catch (err) {
+      ctx.log.warn(`stream set not kept in NATS KV (${(err as Error).message}): enable JetStream on the server (pipelines/nats/*.conf) to keep it across restarts`);
+      return undefined;
+    }
+  }
+  return fileStreamStore(o.state ?? `out/${ctx.pipeline}.${ctx.stage}.streams.json`);
+}
+
+interface Running {
+  spec: StreamSpec;
+  cam: Camera;
+  done: Promise<void>;
+  /** Its ffmpeg has finished for good (a file's end, an error, or stopped). */
+  ended: boolean;
 }
 
 /**
- * Decodes a camera stream or file with an ffmpeg child process. Live streams
- * reconnect with exponential backoff; a stall watchdog restarts a silent ffmpeg.
+ * Decodes one or many cameras (RTSP/HTTP/files) with an ffmpeg child process
+ * each. Live streams reconnect with capped backoff; a stall watchdog restarts
+ * a silent ffmpeg. With `streams:`, cameras are added, changed and removed
+ * while the pipeline runs (HTTP /api/streams, `bun run streams`); the set
+ * survives restarts (a file on the memory bus, NATS KV otherwise). A removed
+ * stream ends with a `stream-end` event, so stateful stages free its state.
  */
 export default defineOperator({
   name: "ingest",
   kind: "source",
-  description: "Decode RTSP/HTTP/file video with ffmpeg into rgb24 frames (fps cap, scaling, reconnect, stall watchdog).",
-  options: v.pipe(
-    Options,
-    v.check((o) => (o.width === undefined) === (o.height === undefined), "width and height go together"),
-  ),
+  description: "Decode RTSP/HTTP/file video with ffmpeg into rgb24 frames: one camera (url) or many (streams, changed at runtime).",
+  options: Options,
   create(o, ctx) {
     const ffmpeg = resolveFfmpeg();
-    const input = HAS_SCHEME.test(o.url) ? o.url : resolveMediaPath(o.url)!;
-    const live = o.live ?? (STREAMING.test(input) || o.realtime);
-    const stream = o.stream ?? ctx.stage;
-    const args = ffmpegArgs(o, input);
     const log = ctx.log;
-    let child: ChildProcess | undefined;
-    let seq = 0;
-    /** For metrics, read at scrape time: frames before the current ffmpeg started, and reconnects so far. */
-    let runStart = 0;
-    let reconnects = 0;
+    const running = new Map<string, Running>();
+    /** Next sequence number of streams that were changed (they continue, they do not restart at 0). */
+    let emit: ((m: Message) => Promise<void>) | undefined;
+    let signal: AbortSignal | undefined;
+    let store: StreamStore | undefined;
+    let stopWatch: (() => void) | undefined;
+    let everLive = false;
+    let wake: () => void = () => {};
+    const initial: StreamSpec[] = o.streams ?? [{ id: o.stream ?? ctx.stage, url: o.url! }];
 
-    /** Runs one ffmpeg until it exits; returns its exit code, the frames it gave and its last stderr lines. */
-    async function runOnce(emit: (f: Frame) => Promise<void>, signal: AbortSignal) {
-      const proc = spawn(ffmpeg, args);
-      child = proc;
-      runStart = seq;
-      const errLines: string[] = [];
-      const stderr = (async () => {
-        const dec = new TextDecoder();
-        let buf = "";
-        for await (const chunk of proc.stderr) {
-          buf += dec.decode(chunk, { stream: true });
-          const lines = buf.split("\n");
-          buf = lines.pop()!;
-          for (const l of lines) if (l.trim()) (errLines.push(l.trim()), errLines.length > 5 && errLines.shift());
-        }
-        if (buf.trim()) errLines.push(buf.trim());
-      })();
-      let frames = 0;
-      let lastFrame = performance.now();
-      let emitting = false;
-      let stalled = false;
-      const watchdog = setInterval(
-        () => {
-          if (!emitting && performance.now() - lastFrame > o.stallTimeout * 1000) {
-            stalled = true;
-            log.warn(`no frame for ${o.stallTimeout} s; restarting ffmpeg`);
-            proc.kill("SIGKILL");
-          }
-        },
-        Math.min(1000, o.stallTimeout * 250),
-      );
-      const onAbort = () => proc.kill("SIGKILL");
-      signal.addEventListener("abort", onAbort, { once: true });
+    function start(spec: StreamSpec, firstSeq = 0): Running {
+      const opts = cameraOptions(o, spec);
+      everLive ||= opts.live;
+      const cam = new Camera(spec.id, opts, ffmpeg, initial.length > 1 || o.streams ? log.child(spec.id) : log, firstSeq);
+      const r: Running = {
+        spec,
+        cam,
+        ended: false,
+        done: cam.run(emit!, signal!).catch((err: Error) => {
+          log.error(`${spec.id}: ${redact(err.message)}`);
+          if (running.size <= 1 && !o.streams) throw err;
+        }),
+      };
+      running.set(spec.id, r);
+      const ended = () => {
+        r.ended = true;
+        wake();
+      };
+      void r.done.then(ended, ended);
+      return r;
+    }
+
+    async function stop(id: string, reason: string): Promise<void> {
+      const r = running.get(id);
+      if (!r) return;
+      running.delete(id);
+      r.cam.stop();
+      await r.done.catch(() => {});
+      // Downstream stateful stages (tracker, zones) free the stream's state on this event.
+      await emit?.({ kind: "event", stream: id, seq: r.cam.nextSeq, ts: Date.now(), type: "stream-end", data: { reason } });
+      wake();
+    }
+
+    function info(r: Running): StreamInfo {
+      const s = r.cam.status();
+      const { id, url, ...options } = r.spec;
+      return { id, stage: ctx.stage, url: redact(url), live: r.cam.options.live, connected: s.connected, frames: s.frames, fps: s.fps, drops: 0, reconnects: s.reconnects, ...(s.lastError ? { lastError: s.lastError } : {}), options };
+    }
+
+    /** Applies a change seen in the store (another node, or this one through the store). */
+    async function apply(change: { id: string; spec?: Record<string, unknown> }): Promise<void> {
+      if (!signal || signal.aborted) return;
+      if (!change.spec) return stop(change.id, "removed");
+      let spec: StreamSpec;
       try {
-        const reader = new PpmReader();
-        for await (const chunk of proc.stdout) {
-          reader.push(chunk);
-          for (let raw = reader.next(); raw; raw = reader.next()) {
-            lastFrame = performance.now();
-            frames++;
-            if (signal.aborted) break;
-            emitting = true;
-            await emit({ kind: "frame", stream, seq: seq++, ts: Date.now(), live, image: { ...raw, format: "rgb24" }, timings: {} });
-            emitting = false;
-            lastFrame = performance.now();
-          }
-          if (signal.aborted) break;
-        }
+        spec = check(StreamSpec, change.spec, `stream ${change.id} from ${store?.where}`);
       } catch (err) {
-        // A corrupt frame header: treat like an ffmpeg failure and restart it.
-        log.error((err as Error).message);
-        proc.kill("SIGKILL");
-      } finally {
-        clearInterval(watchdog);
-        signal.removeEventListener("abort", onAbort);
+        return void log.error((err as Error).message);
       }
-      const code = await proc.exited;
-      await stderr;
-      child = undefined;
-      return { code, frames, stalled, error: errLines.join(" | ") };
+      const cur = running.get(spec.id);
+      if (cur && JSON.stringify(cur.spec) === JSON.stringify(spec)) return;
+      const seq = cur?.cam.nextSeq ?? 0;
+      if (cur) {
+        running.delete(spec.id);
+        cur.cam.stop();
+        await cur.done.catch(() => {});
+      }
+      start(spec, seq);
+      log.info(`${cur ? "changed" : "added"} stream ${spec.id} (${redact(spec.url)})`);
+    }
+
+    const control: StreamControl = {
+      list: () => [...running.values()].map(info),
+      async add(body) {
+        const spec = check(StreamSpec, body, "stream");
+        if (running.has(spec.id)) throw new StreamExistsError(`stream "${spec.id}" exists in ${ctx.stage} (PATCH /api/streams/${spec.id} to change it)`);
+        if (!signal) throw new StreamOptionsError(`${ctx.stage} is not running yet`);
+        await saveAll();
+        await store?.put(spec.id, spec);
+        if (!running.has(spec.id)) start(spec);
+        log.info(`added stream ${spec.id} (${redact(spec.url)})`);
+        return info(running.get(spec.id)!);
+      },
+      async update(id, body) {
+        const cur = running.get(id);
+        if (!cur) throw new StreamNotFoundError(`no stream "${id}" in ${ctx.stage}`);
+        const patch = check(StreamPatch, body, `stream ${id}`);
+        const spec = check(StreamSpec, { ...cur.spec, ...patch }, `stream ${id}`);
+        await saveAll();
+        await store?.put(id, spec);
+        await apply({ id, spec });
+        return info(running.get(id)!);
+      },
+      async remove(id) {
+        if (!running.has(id)) throw new StreamNotFoundError(`no stream "${id}" in ${ctx.stage}`);
+        await saveAll();
+        await store?.delete(id);
+        await stop(id, "removed");
+        log.info(`removed stream ${id}`);
+      },
+    };
+
+    /** The first runtime change saves the whole current set, so the store holds it all from then on. */
+    let saved = false;
+    async function saveAll(): Promise<void> {
+      if (saved || !store) return;
+      saved = true;
+      if ((await store.load()) === undefined) for (const r of running.values()) await store.put(r.spec.id, r.spec);
     }
 
     return {
-      metrics: () => [
-        { name: "source_frames_total", type: "counter", help: "Frames decoded, by stream.", value: seq, labels: { stream } },
-        {
-          name: "source_reconnects_total",
-          type: "counter",
-          help: "Times a live stream was lost and reconnected.",
-          value: reconnects,
-          labels: { stream },
-        },
-        {
-          name: "source_connected",
-          type: "gauge",
-          help: "1 while the source delivers frames (ffmpeg running and a frame decoded since it started).",
-          value: child !== undefined && seq > runStart ? 1 : 0,
-          labels: { stream },
-        },
-      ],
-      async run(emit, signal) {
-        let attempt = 0;
-        log.info(`reading ${redact(input)} (${live ? "live" : "file"}) with ${ffmpeg}`);
-        while (!signal.aborted) {
-          const r = await runOnce(emit, signal);
-          if (signal.aborted) return;
-          if (!live) {
-            if (r.code === 0) return log.info(`end of input after ${seq} frames`);
-            if (r.frames === 0) throw new Error(`ffmpeg could not read ${redact(input)} (exit ${r.code}): ${r.error || "no output"}`);
-            log.warn(`ffmpeg stopped mid-file (exit ${r.code}): ${r.error}`);
-            return;
-          }
-          if (r.frames > 0) attempt = 0;
-          const delay = Math.min(o.reconnectMaxDelay, o.reconnectDelay * 2 ** attempt);
-          attempt++;
-          reconnects++;
-          const why = r.stalled
-            ? "stalled"
-            : `${r.code === null ? "killed by a signal" : `exit ${r.code}`}${r.error ? `: ${r.error}` : ""}`;
-          log.warn(`stream lost after ${r.frames} frames (${why}); reconnect #${attempt} in ${delay.toFixed(1)} s`);
-          await sleep(delay * 1000, signal);
+      streams: control,
+      metrics: () =>
+        [...running.values()].flatMap((r) => {
+          const s = r.cam.status();
+          const labels = { stream: r.spec.id };
+          return [
+            { name: "stream_frames_total", type: "counter" as const, help: "Frames decoded, by stream.", value: s.frames, labels },
+            { name: "stream_reconnects_total", type: "counter" as const, help: "Times a live stream was lost and reconnected.", value: s.reconnects, labels },
+            { name: "stream_connected", type: "gauge" as const, help: "1 while the stream delivers frames (ffmpeg running and a frame decoded since it started).", value: s.connected ? 1 : 0, labels },
+          ];
+        }),
+      async run(out, sig) {
+        emit = out;
+        signal = sig;
+        store = await openStore(o, ctx);
+        let set = initial;
+        const stored = await store?.load().catch((err: Error) => void log.error(`${store!.where}: ${err.message}; using the file's streams`));
+        if (stored) {
+          set = stored.flatMap((s) => {
+            try {
+              return [check(StreamSpec, s, `stream from ${store!.where}`)];
+            } catch (err) {
+              log.error((err as Error).message);
+              return [];
+            }
+          });
+          saved = true;
+          log.info(`${set.length} stream(s) from ${store!.where} (changed at runtime; the file's list is the initial set only)`);
         }
+        stopWatch = store?.watch?.((c) => void apply(c));
+        for (const s of set) start(s);
+        // Until shutdown while any stream is (or was) live: a gateway waits for cameras; a set of files ends with them.
+        await new Promise<void>((resolve) => {
+          const check = () => {
+            if (sig.aborted || (!everLive && [...running.values()].every((r) => r.ended))) resolve();
+          };
+          wake = check;
+          sig.addEventListener("abort", check, { once: true });
+          check();
+        });
+        stopWatch?.();
+        await Promise.all([...running.values()].map((r) => r.done));
       },
       async close() {
-        child?.kill("SIGKILL");
+        stopWatch?.();
+        for (const r of running.values()) r.cam.stop();
+        await store?.close?.();
       },
     };
   },
 });
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
-
-/** Hides credentials in URLs written to logs. */
-function redact(url: string): string {
-  return url.replace(/\/\/[^/@]*@/, "//***@");
-}

@@ -308,7 +308,12 @@ export function createTracker(o: Options) {
     return { detections: dets, tracks: out };
   }
 
-  return { update };
+  /** Frees a stream's tracks (the stream ended or was removed). */
+  function forget(stream: string): void {
+    streams.delete(stream);
+  }
+
+  return { update, forget };
 }
 
 /** A lost track overlapping a tracked one almost entirely is the same object twice: keep the older. */
@@ -338,7 +343,10 @@ export default defineOperator({
     const tracker = createTracker(o);
     return {
       process(msg) {
-        if (msg.kind !== "frame") return msg;
+        if (msg.kind !== "frame") {
+          if (msg.type === "stream-end") tracker.forget(msg.stream);
+          return msg;
+        }
         const { detections, tracks } = tracker.update(msg);
         return derive(msg, { detections, meta: { tracks } });
       },

@@ -14,25 +14,34 @@ const Line = v.pipe(
 );
 const unique = <T extends { id: string }>(items: T[]) => new Set(items.map((i) => i.id)).size === items.length;
 
+const LinesOption = v.optional(
+  v.pipe(
+    v.array(Line),
+    v.check(unique, "line ids must be unique"),
+    v.description(
+      "Directed counting lines in normalised image coordinates (0..1). A track moving to the right-hand side of from→to (as drawn on the image, y down) counts `in`, the reverse `out`: a line drawn left to right counts people walking down the image as `in`.",
+    ),
+  ),
+  [],
+);
+const ZonesOption = v.optional(
+  v.pipe(
+    v.array(v.strictObject({ id: Id, polygon: v.pipe(v.array(Point), v.minLength(3)) })),
+    v.check(unique, "zone ids must be unique"),
+    v.description("Polygons in normalised image coordinates (0..1), at least 3 points."),
+  ),
+  [],
+);
+
 const Options = v.pipe(
   v.strictObject({
-    lines: v.optional(
+    lines: LinesOption,
+    zones: ZonesOption,
+    streams: v.optional(
       v.pipe(
-        v.array(Line),
-        v.check(unique, "line ids must be unique"),
-        v.description(
-          "Directed counting lines in normalised image coordinates (0..1). A track moving to the right-hand side of from→to (as drawn on the image, y down) counts `in`, the reverse `out`: a line drawn left to right counts people walking down the image as `in`.",
-        ),
+        v.record(v.pipe(v.string(), v.regex(/^[\w-]+$/, "expected a stream id")), v.strictObject({ lines: v.optional(LinesOption.wrapped), zones: v.optional(ZonesOption.wrapped) })),
+        v.description("Per-stream geometry: `{ <stream id>: { lines, zones } }`; streams not listed use the stage's lines and zones."),
       ),
-      [],
-    ),
-    zones: v.optional(
-      v.pipe(
-        v.array(v.strictObject({ id: Id, polygon: v.pipe(v.array(Point), v.minLength(3)) })),
-        v.check(unique, "zone ids must be unique"),
-        v.description("Polygons in normalised image coordinates (0..1), at least 3 points."),
-      ),
-      [],
     ),
     anchor: v.optional(
       v.pipe(
@@ -89,7 +98,10 @@ const Options = v.pipe(
       ),
     ),
   }),
-  v.check((o) => o.lines.length + o.zones.length > 0, "give at least one line or zone"),
+  v.check(
+    (o) => o.lines.length + o.zones.length > 0 || Object.values(o.streams ?? {}).some((g) => (g.lines?.length ?? 0) + (g.zones?.length ?? 0) > 0),
+    "give at least one line or zone (for all streams, or per stream under streams)",
+  ),
 );
 type Options = v.InferOutput<typeof Options>;
 
@@ -119,7 +131,26 @@ interface TrackMemo {
   enteredAt: Float64Array;
 }
 
+/** A stream's lines and zones, and what is computed from them once. */
+interface Geometry {
+  lines: Options["lines"];
+  zones: Options["zones"];
+  /** Per line: start point, unit direction and length. */
+  geo: Float64Array;
+  polys: Float64Array[];
+}
+
+function makeGeometry(lines: Options["lines"], zones: Options["zones"]): Geometry {
+  const geo = new Float64Array(lines.length * 5);
+  lines.forEach(({ from, to }, i) => {
+    const len = Math.hypot(to[0] - from[0], to[1] - from[1]);
+    geo.set([from[0], from[1], (to[0] - from[0]) / len, (to[1] - from[1]) / len, len], i * 5);
+  });
+  return { lines, zones, geo, polys: zones.map((z) => new Float64Array(z.polygon.flat())) };
+}
+
 interface StreamState {
+  g: Geometry;
   crossIn: Float64Array;
   crossOut: Float64Array;
   entries: Float64Array;
@@ -187,15 +218,13 @@ export default defineOperator({
     zones: o.zones.map((z) => ({ id: z.id, polygon: z.polygon.map((p) => [p[0], p[1]] as [number, number]) })),
   }),
   async create(o, ctx) {
-    const L = o.lines.length;
-    const Z = o.zones.length;
-    // Per line, computed once: start point, unit direction and length.
-    const geo = new Float64Array(L * 5);
-    o.lines.forEach(({ from, to }, i) => {
-      const len = Math.hypot(to[0] - from[0], to[1] - from[1]);
-      geo.set([from[0], from[1], (to[0] - from[0]) / len, (to[1] - from[1]) / len, len], i * 5);
-    });
-    const polys = o.zones.map((z) => new Float64Array(z.polygon.flat()));
+    /** Per stream: its lines and zones (the stage's unless `streams` gives its own), with what is computed once. */
+    const geometries = new Map<string, Geometry>();
+    const geometryOf = (id: string): Geometry => {
+      let g = geometries.get(id);
+      if (!g) geometries.set(id, (g = makeGeometry(o.streams?.[id]?.lines ?? o.lines, o.streams?.[id]?.zones ?? o.zones)));
+      return g;
+    };
     const allowed = o.classes ? new Set(o.classes) : undefined;
     const saved: StateFile = o.state ? await loadState(o.state, (m) => ctx.log.warn(m)) : { version: 1, streams: {} };
     const streams = new Map<string, StreamState>();
@@ -207,11 +236,13 @@ export default defineOperator({
       let s = streams.get(id);
       if (s) return s;
       const prev = saved.streams[id];
+      const g = geometryOf(id);
       s = {
-        crossIn: Float64Array.from(o.lines, (l) => prev?.lines?.[l.id]?.in ?? 0),
-        crossOut: Float64Array.from(o.lines, (l) => prev?.lines?.[l.id]?.out ?? 0),
-        entries: Float64Array.from(o.zones, (z) => prev?.zones?.[z.id]?.entries ?? 0),
-        occupancy: new Int32Array(Z),
+        g,
+        crossIn: Float64Array.from(g.lines, (l) => prev?.lines?.[l.id]?.in ?? 0),
+        crossOut: Float64Array.from(g.lines, (l) => prev?.lines?.[l.id]?.out ?? 0),
+        entries: Float64Array.from(g.zones, (z) => prev?.zones?.[z.id]?.entries ?? 0),
+        occupancy: new Int32Array(g.zones.length),
         tracks: new Map(),
         lastCounts: now,
       };
@@ -221,8 +252,8 @@ export default defineOperator({
 
     function totals(s: StreamState): SavedCounts {
       const out: SavedCounts = { lines: {}, zones: {} };
-      o.lines.forEach((l, i) => (out.lines[l.id] = { in: s.crossIn[i], out: s.crossOut[i] }));
-      o.zones.forEach((z, i) => (out.zones[z.id] = { entries: s.entries[i] }));
+      s.g.lines.forEach((l, i) => (out.lines[l.id] = { in: s.crossIn[i], out: s.crossOut[i] }));
+      s.g.zones.forEach((z, i) => (out.zones[z.id] = { entries: s.entries[i] }));
       return out;
     }
 
@@ -239,13 +270,13 @@ export default defineOperator({
 
     function countsLine(id: string, s: StreamState): string {
       const parts = [
-        ...o.lines.map((l, i) => `${l.id} in ${s.crossIn[i]} out ${s.crossOut[i]}`),
-        ...o.zones.map((z, i) => `${z.id} ${s.occupancy[i]} inside, ${s.entries[i]} entered`),
+        ...s.g.lines.map((l, i) => `${l.id} in ${s.crossIn[i]} out ${s.crossOut[i]}`),
+        ...s.g.zones.map((z, i) => `${z.id} ${s.occupancy[i]} inside, ${s.entries[i]} entered`),
       ];
       return `counts ${id}: ${parts.join(" | ")}`;
     }
 
-    function memo(cls: string): TrackMemo {
+    function memo(cls: string, L: number, Z: number): TrackMemo {
       return {
         cls,
         lastSeen: 0,
@@ -263,6 +294,9 @@ export default defineOperator({
     function onFrame(f: Frame): Message[] {
       const now = o.fps && !f.live ? (f.seq * 1000) / o.fps : f.ts;
       const s = stream(f.stream, now);
+      const { lines, zones, geo, polys } = s.g;
+      const L = lines.length;
+      const Z = zones.length;
       const events: Event[] = [];
       const emit = (type: string, data: Record<string, unknown>) =>
         events.push({ kind: "event", stream: f.stream, seq: f.seq, ts: f.ts, type, data });
@@ -273,7 +307,7 @@ export default defineOperator({
         const id = d.trackId;
         if (id === undefined || (allowed && !allowed.has(d.class))) continue;
         let t = s.tracks.get(id);
-        if (!t) s.tracks.set(id, (t = memo(d.class)));
+        if (!t) s.tracks.set(id, (t = memo(d.class, L, Z)));
         t.lastSeen = now;
         const [x1, y1, x2, y2] = d.box;
         const x = (x1 + x2) / 2 / W;
@@ -312,7 +346,7 @@ export default defineOperator({
           if (side > 0) s.crossIn[i]++;
           else s.crossOut[i]++;
           dirty = true;
-          emit("cross", { line: o.lines[i].id, direction: side > 0 ? "in" : "out", trackId: id, class: d.class });
+          emit("cross", { line: lines[i].id, direction: side > 0 ? "in" : "out", trackId: id, class: d.class });
         }
 
         for (let i = 0; i < Z; i++) {
@@ -330,10 +364,10 @@ export default defineOperator({
             s.occupancy[i]++;
             s.entries[i]++;
             dirty = true;
-            emit("enter", { zone: o.zones[i].id, trackId: id, class: d.class });
+            emit("enter", { zone: zones[i].id, trackId: id, class: d.class });
           } else {
             s.occupancy[i]--;
-            emit("exit", { zone: o.zones[i].id, trackId: id, class: d.class, dwellMs: Math.round(t.zPendSince[i] - t.enteredAt[i]) });
+            emit("exit", { zone: zones[i].id, trackId: id, class: d.class, dwellMs: Math.round(t.zPendSince[i] - t.enteredAt[i]) });
           }
         }
       }
@@ -344,7 +378,7 @@ export default defineOperator({
         for (let i = 0; i < Z; i++) {
           if (!t.inside[i]) continue;
           s.occupancy[i]--;
-          emit("exit", { zone: o.zones[i].id, trackId: id, class: t.cls, dwellMs: Math.round(t.lastSeen - t.enteredAt[i]) });
+          emit("exit", { zone: zones[i].id, trackId: id, class: t.cls, dwellMs: Math.round(t.lastSeen - t.enteredAt[i]) });
         }
         s.tracks.delete(id);
       }
@@ -352,16 +386,31 @@ export default defineOperator({
       if (now - s.lastCounts >= o.countsInterval * 1000) {
         s.lastCounts = now;
         const c = totals(s);
-        const zones = Object.fromEntries(o.zones.map((z, i) => [z.id, { occupancy: s.occupancy[i], entries: s.entries[i] }]));
-        emit("counts", { lines: c.lines, zones });
+        const zoneCounts = Object.fromEntries(zones.map((z, i) => [z.id, { occupancy: s.occupancy[i], entries: s.entries[i] }]));
+        emit("counts", { lines: c.lines, zones: zoneCounts });
         ctx.log.info(countsLine(f.stream, s));
       }
       if (dirty && Date.now() - lastWrite >= 1000) void save();
       return events.length ? [f, ...events] : [f];
     }
 
+    /** A stream that ended (removed camera): its totals are saved, its tracks and state freed. */
+    function endStream(id: string): void {
+      const s = streams.get(id);
+      if (!s) return;
+      saved.streams[id] = totals(s);
+      dirty = true;
+      ctx.log.info(countsLine(id, s));
+      streams.delete(id);
+      void save();
+    }
+
     return {
-      process: (msg) => (msg.kind === "frame" ? onFrame(msg) : msg),
+      process: (msg) => {
+        if (msg.kind === "frame") return onFrame(msg);
+        if (msg.type === "stream-end") endStream(msg.stream);
+        return msg;
+      },
       async close() {
         for (const [id, s] of streams) ctx.log.info(countsLine(id, s));
         await save();

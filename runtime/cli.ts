@@ -22,6 +22,7 @@ const USAGE = `usage:
   bun run pipeline FILE [--frames N] [--json] [--nats URL] [--stages a,b] [--placement edge|cloud] [--worker-id ID] [--http-port N]
   bun run validate FILE
   bun run status [--nats URL] [--wait SECONDS] [--json]
+  bun run streams ls|add|set|rm ... --nats URL --pipeline NAME (cameras of a running pipeline)
   bun run serve --model FILE [--port N] (bun run serve --help)
   bun run eval coco --images DIR --labels DIR [--model FILE]
   bun run docs [--check]      regenerate docs/operators.md
@@ -166,6 +167,8 @@ async function main(): Promise<number> {
         return await docs(rest);
       case "status":
         return await runStatus(rest);
+      case "streams":
+        return await (await import("./observe/streams-cli.ts")).runStreams(rest);
       case "serve":
         return await (await import("./serve/cli.ts")).runServe(rest);
       case "eval": {

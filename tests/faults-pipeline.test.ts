@@ -78,12 +78,12 @@ stages:
     const exec = new Executor(spec, bus, { log });
     await exec.start();
     try {
-      await until(() => (collected.get("two")?.length ?? 0) >= 20 && metric(exec, "dead", "source_reconnects_total") >= 4, "20 frames from good and 4 retries of dead");
+      await until(() => (collected.get("two")?.length ?? 0) >= 20 && metric(exec, "dead", "stream_reconnects_total") >= 4, "20 frames from good and 4 retries of dead");
       // Backoff doubles from 0.1 s up to the 0.4 s cap.
       expect(log.text()).toMatch(/\[two\/dead\] stream lost after 0 frames .*reconnect #1 in 0\.1 s/);
       expect(log.text()).toMatch(/\[two\/dead\] .*reconnect #4 in 0\.4 s/);
-      expect(metric(exec, "dead", "source_connected")).toBe(0);
-      expect(metric(exec, "good", "source_connected")).toBe(1);
+      expect(metric(exec, "dead", "stream_connected")).toBe(0);
+      expect(metric(exec, "good", "stream_connected")).toBe(1);
       expect(collected.get("two")!.every((m) => m.stream === "good")).toBe(true);
     } finally {
       exec.stop();
@@ -95,7 +95,7 @@ stages:
   test("an ffmpeg child killed mid-stream is restarted and frames continue", async () => {
     const src = await makeSource("ingest", { url: clip, realtime: true, loop: true, live: true, reconnectDelay: 0.1 }, "cam");
     const frames: Frame[] = [];
-    const finished = src.instance.run(async (f) => void frames.push(f), src.abort.signal);
+    const finished = src.instance.run(async (f) => void (f.kind === "frame" && frames.push(f)), src.abort.signal);
     try {
       await until(() => frames.length >= 5, "5 frames");
       // The clip's path is unique to this test, so this finds only our child.

@@ -118,14 +118,15 @@ describe("a camera process", () => {
     rtsp = await startRtspServer(CLIP, { port });
     await untilReady(proc.url, true, "ready once the camera streams");
     const up = await scrape(proc.url);
-    expect(up.value("framewire_source_connected", { stream: "cam" })).toBe(1);
+    expect(up.value("framewire_stream_connected", { stream: "cam" })).toBe(1);
 
     await rtsp.stop();
     await untilReady(proc.url, false, "not ready when the camera is gone");
+    expect((await readyz(proc.url)).body.waiting[0]).toMatch(/^source cam: not connected \(lost after \d+ frames, reconnecting\)$/);
     rtsp = await startRtspServer(CLIP, { port });
     await untilReady(proc.url, true, "ready again after the reconnect");
     const back = await scrape(proc.url);
-    expect(back.value("framewire_source_reconnects_total", { stream: "cam" })).toBeGreaterThanOrEqual(2);
+    expect(back.value("framewire_stream_reconnects_total", { stream: "cam" })).toBeGreaterThanOrEqual(2);
     expect(back.value("framewire_ready")).toBe(1);
   });
 

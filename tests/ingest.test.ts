@@ -17,7 +17,7 @@ setDefaultTimeout(60_000);
 /** Runs a source in the background, keeping its frames; stop() aborts it and waits for run() to return. */
 function runInBackground(made: Made<SourceInstance>) {
   const frames: Frame[] = [];
-  const finished = made.instance.run(async (f) => void frames.push(f), made.abort.signal);
+  const finished = made.instance.run(async (f) => void (f.kind === "frame" && frames.push(f)), made.abort.signal);
   return {
     frames,
     finished,
@@ -73,6 +73,7 @@ describe("ingest from files", () => {
     const src = await makeSource("ingest", { url: shortClip, loop: true, fps: 5 });
     const frames: Frame[] = [];
     await src.instance.run(async (f) => {
+      if (f.kind !== "frame") return;
       frames.push(f);
       if (frames.length === 20) src.abort.abort();
     }, src.abort.signal);

@@ -76,8 +76,8 @@ describe("/metrics", () => {
     expect(m.value("framewire_end_to_end_latency_seconds_count", { stage: "out" })).toBe(120);
 
     // Operator metrics: the source's stream, the detector's model version.
-    expect(m.value("framewire_source_frames_total", { stage: "cam", stream: "cam" })).toBe(120);
-    expect(m.value("framewire_source_reconnects_total", { stream: "cam" })).toBe(0);
+    expect(m.value("framewire_stream_frames_total", { stage: "cam", stream: "cam" })).toBe(120);
+    expect(m.value("framewire_stream_reconnects_total", { stream: "cam" })).toBe(0);
     const version = await modelVersion(model);
     expect(m.value("framewire_model_info", { stage: "detect", model: "tiny.onnx", version, role: "active" })).toBe(1);
     expect(m.value("framewire_model_inferences_total", { version })).toBe(120);
@@ -105,7 +105,7 @@ describe("/metrics", () => {
       await until(() => run.view.fps("detect") > 0, "a measured frame rate");
       const m = await scrape(run.http.url);
       expect(m.value("framewire_ready")).toBe(1);
-      expect(m.value("framewire_source_connected", { stream: "cam" })).toBe(1);
+      expect(m.value("framewire_stream_connected", { stream: "cam" })).toBe(1);
       for (const stage of ["cam", "prep", "detect", "nms", "out"]) expect(m.value("framewire_stage_frames_per_second", { stage })).toBeGreaterThan(0);
       expect(m.value("framewire_stream_frames_per_second", { stream: "cam" })).toBeGreaterThan(0);
     } finally {

@@ -5,54 +5,104 @@ import { isDroppable, type Message } from "./message.ts";
 export const InboxClosedError = codedError("InboxClosedError", "E_INBOX_CLOSED");
 export type InboxClosedError = InstanceType<typeof InboxClosedError>;
 
+/** One stream's queue inside an inbox. */
+interface Lane {
+  items: Message[];
+  /** Pushers waiting for space in this lane. */
+  waiting: (() => void)[];
+  dropped: number;
+}
+
 /**
- * A stage's bounded input queue. When full, a live frame evicts the oldest
- * live frame (a live pipeline must not build up latency; the drop is
- * counted); anything else waits for space, so results are never lost.
+ * A stage's bounded input queue, fair across streams. Each stream (camera)
+ * has its own lane of `capacity` messages, and `take` serves the lanes
+ * round-robin: under overload every stream gets an equal share of the stage,
+ * and a 30 fps camera cannot starve a 5 fps one. When a lane is full, a live
+ * frame evicts that stream's oldest live frame (a live pipeline must not
+ * build up latency; the drop is counted per stream); anything else waits for
+ * space in its lane, so results are never lost and one blocked stream does
+ * not hold back the others.
  */
 export class Inbox {
-  private items: Message[] = [];
+  private lanes = new Map<string, Lane>();
+  /** Streams with queued messages, in round-robin order. */
+  private ready: string[] = [];
+  private turn = 0;
   private takers: ((m: Message | undefined) => void)[] = [];
-  private spaceWaiters: (() => void)[] = [];
   private closed = false;
+  private count = 0;
   dropped = 0;
 
+  /**
+   * @param capacity messages per stream
+   * @param onDrop   called with each evicted live frame
+   * @example
+   * const inbox = new Inbox(2, (m) => stats.dropped++);
+   * await inbox.push(frame);
+   * const next = await inbox.take(); // round-robin across streams
+   */
   constructor(
     readonly capacity: number,
     private onDrop: (msg: Message) => void = () => {},
   ) {}
 
+  /** Messages queued, all streams together. */
   get size(): number {
-    return this.items.length;
+    return this.count;
   }
 
-  /** Resolves when the message is queued (immediately unless it must wait for space). */
+  /** Live frames dropped per stream. */
+  drops(): Map<string, number> {
+    return new Map([...this.lanes].filter(([, l]) => l.dropped > 0).map(([id, l]) => [id, l.dropped]));
+  }
+
+  private lane(stream: string): Lane {
+    let l = this.lanes.get(stream);
+    if (!l) this.lanes.set(stream, (l = { items: [], waiting: [], dropped: 0 }));
+    return l;
+  }
+
+  /** Resolves when the message is queued (immediately unless it must wait for space in its stream's lane). */
   push(msg: Message): void | Promise<void> {
     if (this.closed) throw new InboxClosedError("inbox is closed");
     const taker = this.takers.shift();
     if (taker) return taker(msg);
-    if (this.items.length < this.capacity) {
-      this.items.push(msg);
-      return;
-    }
+    const lane = this.lane(msg.stream);
+    if (lane.items.length < this.capacity) return this.enqueue(msg.stream, lane, msg);
     if (isDroppable(msg)) {
-      const victim = this.items.findIndex(isDroppable);
+      const victim = lane.items.findIndex(isDroppable);
       if (victim >= 0) {
-        const [old] = this.items.splice(victim, 1);
+        const [old] = lane.items.splice(victim, 1);
+        lane.dropped++;
         this.dropped++;
         this.onDrop(old);
-        this.items.push(msg);
+        lane.items.push(msg);
         return;
       }
     }
-    return this.waitForSpace().then(() => this.push(msg));
+    return new Promise<void>((resolve) => lane.waiting.push(resolve)).then(() => this.push(msg));
   }
 
-  /** Next message, or undefined once closed and empty. */
+  private enqueue(stream: string, lane: Lane, msg: Message): void {
+    if (lane.items.length === 0) this.ready.push(stream);
+    lane.items.push(msg);
+    this.count++;
+  }
+
+  /** Next message, taking streams in turn; undefined once closed and empty. */
   take(): Promise<Message | undefined> {
-    const msg = this.items.shift();
-    if (msg) {
-      this.spaceWaiters.shift()?.();
+    if (this.ready.length) {
+      if (this.turn >= this.ready.length) this.turn = 0;
+      const stream = this.ready[this.turn];
+      const lane = this.lanes.get(stream)!;
+      const msg = lane.items.shift()!;
+      this.count--;
+      if (lane.items.length === 0) {
+        this.ready.splice(this.turn, 1);
+        // A lane left empty by a stream that is gone is dropped, so removed cameras leave nothing behind.
+        if (lane.waiting.length === 0 && lane.dropped === 0) this.lanes.delete(stream);
+      } else this.turn++;
+      lane.waiting.shift()?.();
       return Promise.resolve(msg);
     }
     if (this.closed) return Promise.resolve(undefined);
@@ -67,10 +117,12 @@ export class Inbox {
   close(): void {
     this.closed = true;
     for (const t of this.takers.splice(0)) t(undefined);
-    for (const w of this.spaceWaiters.splice(0)) w();
+    for (const l of this.lanes.values()) for (const w of l.waiting.splice(0)) w();
   }
 
-  private waitForSpace(): Promise<void> {
-    return new Promise((resolve) => this.spaceWaiters.push(resolve));
+  /** Forgets a stream's drop count (the stream was removed). */
+  forget(stream: string): void {
+    const l = this.lanes.get(stream);
+    if (l && l.items.length === 0 && l.waiting.length === 0) this.lanes.delete(stream);
   }
 }

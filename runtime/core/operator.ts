@@ -1,5 +1,6 @@
 import type * as v from "valibot";
 import type { Frame, Message } from "./message.ts";
+import type { StreamControl } from "./streams.ts";
 import type { Logger } from "./log.ts";
 import type { NatsLink } from "./bus.ts";
 import type { OperatorMetric } from "./metric.ts";
@@ -30,17 +31,25 @@ export interface Observable {
   metrics?(): OperatorMetric[];
   /** The model versions it serves, for status and hot reload / canary control. */
   models?: ModelControl;
+  /** The streams a source reads, when they can be changed at runtime (HTTP /api/streams, `bun run streams`). */
+  streams?: StreamControl;
 }
 
-/** Produces frames until it ends (file end) or `signal` aborts. */
+/** Produces frames (and events about its streams) until it ends (file end) or `signal` aborts. */
 export interface SourceInstance extends Observable {
-  /** Calls `emit` for each frame; honour its promise (backpressure). */
-  run(emit: (frame: Frame) => Promise<void>, signal: AbortSignal): Promise<void>;
+  /** Calls `emit` for each frame or event; honour its promise (backpressure). */
+  run(emit: (msg: Message) => Promise<void>, signal: AbortSignal): Promise<void>;
   close?(): Promise<void>;
 }
 
 /** Turns one message into zero, one or several. */
 export interface TransformInstance extends Observable {
+  /**
+   * How many messages it wants in flight at once (e.g. to batch frames of
+   * several streams into one inference). The executor runs at least this
+   * many workers on the stage's inbox and keeps outputs in arrival order.
+   */
+  readonly concurrency?: number;
   process(msg: Message): Message | Message[] | null | Promise<Message | Message[] | null>;
   close?(): Promise<void>;
 }

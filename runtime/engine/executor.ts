@@ -158,6 +158,13 @@ export class Executor {
     }));
   }
 
+  /** Live frames dropped per stream in this process's inboxes (all stages), for /api/streams and the metrics. */
+  streamDrops(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const s of this.stages) for (const [id, n] of s.inbox?.drops() ?? []) out.set(id, (out.get(id) ?? 0) + n);
+    return out;
+  }
+
   /**
    * Watches the messages on `subject` inside this process (the live page's
    * preview). The handler runs in the publisher's path: it must only take a
@@ -248,15 +255,16 @@ export class Executor {
         this.accepting.add(st.spec.id);
       }
     }
-    // Replicas finish out of order; their outputs are put back in arrival order (bounded window).
-    const order = st.spec.replicas > 1 && st.spec.def.kind === "transform" ? new Reorder<Message>(REORDER_WINDOW_PER_REPLICA * st.spec.replicas, (m) =>
+    // Replicas (and a transform's own concurrency) finish out of order; their outputs are put back in arrival order (bounded window).
+    const workers = Math.max(st.spec.replicas, st.spec.def.kind === "transform" ? ((st.instance as TransformInstance).concurrency ?? 1) : 1);
+    const order = workers > 1 && st.spec.def.kind === "transform" ? new Reorder<Message>(REORDER_WINDOW_PER_REPLICA * workers, (m) =>
             st.send(m).then(() => void st.stats.sent++, (err: Error) => {
               st.stats.failed++;
               st.stats.lastError = err.message;
               if (st.stats.failed <= 3 || st.stats.failed % 100 === 0) this.log.child(st.spec.id).error(`${describe(m)} could not be sent on: ${err.message}`);
             }),
           ) : undefined;
-    for (let i = 0; i < st.spec.replicas; i++) void this.work(st, inbox, acks, order);
+    for (let i = 0; i < workers; i++) void this.work(st, inbox, acks, order);
   }
 
   private async work(st: RunningStage, inbox: Inbox, acks: WeakMap<Message, (reply: Reply) => void>, order?: Reorder<Message>): Promise<void> {
@@ -319,11 +327,11 @@ export class Executor {
   private async runSource(st: RunningStage): Promise<void> {
     const src = st.instance as SourceInstance;
     const limit = this.opts.frames;
-    const emit = async (frame: Frame) => {
-      if (this.abort.signal.aborted) return;
-      this.emitted++;
+    const emit = async (msg: Message) => {
+      if (this.abort.signal.aborted && msg.kind === "frame") return;
+      if (msg.kind === "frame") this.emitted++;
       st.stats.sent++;
-      await st.send(frame);
+      await st.send(msg);
       if (limit !== undefined && this.emitted >= limit) this.stop(`--frames ${limit} reached`);
     };
     try {

@@ -90,6 +90,7 @@ async function firstFrame(source: SourceInstance, file: string): Promise<Frame> 
   let frame: Frame | undefined;
   try {
     await source.run(async (f) => {
+      if (f.kind !== "frame") return;
       frame ??= f;
       ac.abort();
     }, ac.signal);

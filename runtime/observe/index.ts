@@ -8,6 +8,8 @@ import type { HttpOptions } from "../spec/http-options.ts";
 import { serveStatus } from "./cluster.ts";
 import { startHttpServer } from "./http/server.ts";
 import { StatusView } from "./status.ts";
+import { serveStreamControl } from "./streams.ts";
+import { env } from "../platform/index.ts";
 
 /** What observing a running pipeline holds open; `close()` after the executor is done. */
 export interface Observing {
@@ -19,7 +21,7 @@ export interface Observing {
 
 /**
  * Starts what watches a pipeline: the HTTP server when `http` is given, the
- * NATS status responder when the bus is NATS. Call before `exec.start()` so
+ * NATS status and stream-control responders when the bus is NATS. Call before `exec.start()` so
  * health and readiness answer while models load.
  * @example
  * const obs = await observe(exec, { http: { port: 9464, host: "127.0.0.1", publicMetrics: true, maxBodyBytes: 65536, liveFps: 5, liveWidth: 640 }, log });
@@ -32,12 +34,16 @@ export async function observe(exec: Executor, o: { http?: HttpOptions; log: Logg
   view.start();
   const nats = view.natsBus();
   const sub = nats ? serveStatus(nats, view) : undefined;
+  // Stream control over NATS (`bun run streams`), with the HTTP server's token.
+  const token = o.http?.token ?? (env("FRAMEWIRE_HTTP_TOKEN") || undefined);
+  const control = nats ? serveStreamControl(nats, exec, token, o.log.child("streams")) : undefined;
   const server = o.http ? await startHttpServer(view, o.http, o.log.child("http")) : undefined;
   return {
     view,
     url: server?.url,
     async close() {
       sub?.unsubscribe();
+      control?.unsubscribe();
       await server?.stop();
       view.stop();
     },

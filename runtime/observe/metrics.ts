@@ -121,7 +121,10 @@ export async function renderMetrics(view: StatusView): Promise<{ contentType: st
   }
 
   for (const { stage, metric } of view.operatorMetrics()) addOperatorMetric(family, { pipeline, stage }, metric);
-  for (const s of view.streams()) family("stream_frames_per_second", "Frames per second a stream delivers over the last seconds.", "gauge").add({ pipeline, stage: s.stage, stream: s.stream }, s.fps);
+  for (const s of view.streams()) {
+    family("stream_frames_per_second", "Frames per second a stream delivers over the last seconds.", "gauge").add({ pipeline, stage: s.stage, stream: s.stream }, s.fps);
+    family("stream_dropped_total", "Live frames of a stream dropped in this process's inboxes (overload; each stream drops only its own oldest frames).", "counter").add({ pipeline, stage: s.stage, stream: s.stream }, s.drops);
+  }
 
   const load = hostLoad.latest;
   family("process_cpu_ratio", "This process's CPU use over the last second, as a share of all cores (0..1).", "gauge").add({}, load.processCpu);

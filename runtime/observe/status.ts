@@ -47,6 +47,9 @@ export interface StreamStatus {
   fps: number;
   connected: boolean | null;
   reconnects: number | null;
+  /** Live frames of this stream dropped in this process's inboxes. */
+  drops: number;
+  lastError?: string;
 }
 
 export type { Overlays };
@@ -112,7 +115,7 @@ export class StatusView {
 
   /**
    * Ready: models loaded (every stage created), every local source connected
-   * (its `source_connected` metric, or else a first frame delivered), and
+   * (one of its streams delivering, or else a first frame delivered), and
    * NATS connected when the bus is NATS.
    */
   readiness(): { ready: boolean; state: ProcessStatus["state"]; waiting: string[] } {
@@ -122,8 +125,12 @@ export class StatusView {
     const waiting: string[] = [];
     for (const s of live) {
       if (s.kind !== "source") continue;
-      const connected = s.instance.metrics?.().find((m) => m.name === "source_connected");
-      if (connected && connected.type !== "histogram" ? connected.value === 0 : s.stats.sent === 0) waiting.push(`source ${s.id}: not connected (no frame yet)`);
+      // A source of several streams is ready once one delivers: a dead camera must not hold back the others.
+      const streams = s.instance.streams?.list();
+      if (streams ? streams.length > 0 && !streams.some((x) => x.connected) : s.stats.sent === 0) {
+        const why = !streams || (streams.length === 1 && streams[0].frames === 0) ? "no frame yet" : streams.length === 1 ? `lost after ${streams[0].frames} frames, reconnecting` : `none of ${streams.map((x) => x.id).join(", ")} delivers frames`;
+        waiting.push(`source ${s.id}: not connected (${why})`);
+      }
     }
     const nats = this.natsBus();
     if (nats && !nats.stats.connected) waiting.push("NATS disconnected");
@@ -194,26 +201,18 @@ export class StatusView {
     };
   }
 
-  /** One stream per local source, named by its metrics' `stream` label (ingest's `source_*` metrics), else by the stage. */
+  /** Every stream of the local sources (their stream control), else one per source named by the stage. */
   streams(): StreamStatus[] {
+    const drops = this.exec.streamDrops();
     return this.exec
       .live()
       .filter((s) => s.kind === "source")
-      .map((s): StreamStatus => {
-        const ms = s.instance.metrics?.() ?? [];
-        const value = (name: string) => {
-          const m = ms.find((x) => x.name === name);
-          return m && m.type !== "histogram" ? m.value : null;
-        };
-        const connected = value("source_connected");
-        return {
-          stream: ms.find((m) => m.labels?.stream)?.labels?.stream ?? s.id,
-          stage: s.id,
-          frames: s.stats.sent,
-          fps: round(this.fps(s.id)),
-          connected: connected === null ? null : connected > 0,
-          reconnects: value("source_reconnects_total"),
-        };
+      .flatMap((s): StreamStatus[] => {
+        const list = s.instance.streams?.list();
+        if (list) {
+          return list.map((x) => ({ stream: x.id, stage: s.id, frames: x.frames, fps: x.fps, connected: x.connected, reconnects: x.reconnects, drops: drops.get(x.id) ?? 0, ...(x.lastError ? { lastError: x.lastError } : {}) }));
+        }
+        return [{ stream: s.id, stage: s.id, frames: s.stats.sent, fps: round(this.fps(s.id)), connected: null, reconnects: null, drops: drops.get(s.id) ?? 0 }];
       });
   }
 

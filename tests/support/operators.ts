@@ -37,7 +37,7 @@ export async function step(t: TransformInstance, f: Frame): Promise<Frame> {
 export async function readAll(options: unknown): Promise<Frame[]> {
   const { instance } = await makeSource("ingest", options, "cam");
   const frames: Frame[] = [];
-  await instance.run(async (f) => void frames.push(f), new AbortController().signal);
+  await instance.run(async (f) => void (f.kind === "frame" && frames.push(f)), new AbortController().signal);
   await instance.close?.();
   return frames;
 }

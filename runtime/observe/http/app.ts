@@ -10,6 +10,10 @@
  *   POST /api/models/:stage/reload         { model?, canary? }   control: bearer token
  *   POST /api/models/:stage/promote        control
  *   POST /api/models/:stage/rollback       control
+ *   GET  /api/streams                      per stream: connected, fps, drops, reconnects, last error
+ *   POST /api/streams                      { id, url, ...options, stage? }   control
+ *   PATCH /api/streams/:id                 { url?, ...options }               control
+ *   DELETE /api/streams/:id                control
  *
  * Read endpoints are public unless `publicMetrics: false`; control always
  * needs the token and is refused when none is configured.
@@ -26,6 +30,7 @@ import { ModelLoadError, NoCanaryError, type ModelControl } from "../../inferenc
 import { dirname } from "node:path";
 import { modelsDir, resolveModelWithin } from "../../platform/paths.ts";
 import type { StatusView } from "../status.ts";
+import { streamErrorStatus, streamOps } from "../streams.ts";
 import { LIVE_CONTENT_TYPE, type LiveFeed } from "./live.ts";
 import type { HttpOptions } from "../../spec/http-options.ts";
 
@@ -145,6 +150,23 @@ export function createApp(ctx: AppContext): Hono {
     return c.json({ outcome: "rolled-back", version, models: life.status() });
   });
 
+  const streams = streamOps(view.exec);
+  app.get("/api/streams", read, (c) => c.json({ streams: streams.list() }));
+  app.post("/api/streams", control, limit, async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const { stage, ...spec } = (body && typeof body === "object" ? body : {}) as { stage?: unknown };
+    if (stage !== undefined && typeof stage !== "string") throw new HttpError(400, "stage: expected a source stage id");
+    const info = await streams.add(spec, stage);
+    ctx.log.info(`stream ${info.id} added to ${info.stage} over HTTP`);
+    return c.json(info, 201);
+  });
+  app.patch("/api/streams/:id", control, limit, async (c) => c.json(await streams.update(c.req.param("id"), await jsonBody(c.req.raw))));
+  app.delete("/api/streams/:id", control, limit, async (c) => {
+    await streams.remove(c.req.param("id"));
+    ctx.log.info(`stream ${c.req.param("id")} removed over HTTP`);
+    return c.json({ removed: c.req.param("id") });
+  });
+
   for (const [path, asset] of ctx.assets) {
     app.get(path, (c) => c.body(asset.body, 200, { "content-type": asset.type, "cache-control": "no-cache" }));
   }
@@ -155,6 +177,8 @@ export function createApp(ctx: AppContext): Hono {
     if (err instanceof HTTPException) return err.getResponse();
     if (err instanceof ModelLoadError) return c.json({ error: err.message }, 422);
     if (err instanceof NoCanaryError) return c.json({ error: err.message }, 409);
+    const streamStatus = streamErrorStatus(err);
+    if (streamStatus) return c.json({ error: err.message, code: (err as { code?: string }).code }, streamStatus);
     ctx.log.error(`${c.req.method} ${c.req.path}: ${err.stack ?? err.message}`);
     return c.json({ error: "internal error (see the pipeline's log)" }, 500);
   });
