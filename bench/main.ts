@@ -11,6 +11,7 @@ const sections: Record<string, () => Promise<string>> = {
   retail: () => import("./retail.ts").then((m) => m.benchRetail()),
   nats: () => import("./nats.ts").then((m) => m.benchNats()),
   runtimes: () => import("./runtimes.ts").then((m) => m.benchRuntimes()),
+  streams: () => import("./streams.ts").then((m) => m.benchStreams()),
   overload: () => import("./reliability.ts").then((m) => m.benchOverload()),
   soak: () => import("./reliability.ts").then((m) => m.benchSoak()),
 };

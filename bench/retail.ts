@@ -75,7 +75,7 @@ async function runPipeline(file: string, frames: number, cwd: string): Promise<R
   const env: Record<string, string | undefined> = { ...process.env, FRAMEWIRE_LOG: "warn" };
   // The no-server default: memory bus, shipped clip.
   delete env.NATS_URL;
-  delete env.CAMERA_URL;
+  delete env.CAMERAS;
   const proc = Bun.spawn(["bun", join(projectRoot, "runtime/cli.ts"), "run", file, "--frames", String(frames), "--json"], { cwd, stdout: "pipe", stderr: "pipe", env });
   const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
   await proc.exited;

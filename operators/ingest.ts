@@ -56,6 +56,22 @@ const StreamSpec = v.pipe(
   v.check((o) => (o.width === undefined) === (o.height === undefined), "width and height go together"),
 );
 type StreamSpec = v.InferOutput<typeof StreamSpec>;
+/** `id=url,id=url`: a list of cameras in one environment variable. */
+const PAIRS = /^\s*[\w-]+=\S+?\s*(,\s*[\w-]+=\S+?\s*)*$/;
+const pairs = (t: string) =>
+  t.split(",").map((p) => {
+    const i = p.indexOf("=");
+    return { id: p.slice(0, i).trim(), url: p.slice(i + 1).trim() };
+  });
+
+/** `streams:` as a list of specs, or one string of id=url pairs (e.g. `${CAMERAS}`). */
+const StreamList = v.pipe(
+  v.custom<unknown[] | string>((x) => Array.isArray(x) || typeof x === "string", "expected a list of streams, or id=url pairs separated by commas"),
+  v.check((x) => typeof x !== "string" || PAIRS.test(x), "expected id=url pairs separated by commas (e.g. door=rtsp://cam1/live,till=rtsp://cam2/live)"),
+  v.transform((x) => (typeof x === "string" ? pairs(x) : x)),
+  v.array(StreamSpec),
+);
+
 /** The body of `PATCH /api/streams/:id`: any per-stream option, or a new url. */
 const StreamPatch = v.strictObject({ url: v.optional(Url), ...PerStream });
 
@@ -65,10 +81,12 @@ const Options = v.pipe(
     stream: v.optional(v.pipe(StreamId, v.description("Stream id carried on every frame of `url`; defaults to the stage id."))),
     streams: v.optional(
       v.pipe(
-        v.array(StreamSpec),
+        StreamList,
         v.minLength(1),
         v.check((a) => new Set(a.map((s) => s.id)).size === a.length, "stream ids must be unique"),
-        v.description("Several cameras in one stage: `{ id, url, ...any option below }` each; the stage's options are their defaults. Changed at runtime through /api/streams or `bun run streams`."),
+        v.description(
+          "Several cameras in one stage: `{ id, url, ...any option below }` each, or one string `id=url,id=url` (e.g. `${CAMERAS}` from the environment); the stage's options are their defaults. Changed at runtime through /api/streams or `bun run streams`.",
+        ),
       ),
     ),
     ...PerStream,

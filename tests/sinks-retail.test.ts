@@ -25,7 +25,8 @@ afterAll(async () => {
 
 /** retail.yaml with `env` only, its files under `dir`. */
 async function retail(dir: string, env: Record<string, string>): Promise<PipelineSpec> {
-  const spec = await loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), (k) => env[k]);
+  // One camera (the shipped clip) unless the test's env lists more.
+  const spec = await loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), (k) => ({ CAMERAS: "cam=pipelines/media/vtest.mp4", ...env })[k]);
   for (const s of spec.stages) {
     const o = s.options as Record<string, unknown>;
     if (s.def.name === "sink-jsonl") o.path = join(dir, "retail.jsonl");

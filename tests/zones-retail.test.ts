@@ -14,8 +14,9 @@ const tmp = mkdtempSync(join(tmpdir(), "fw-retail-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 test("retail.yaml tracks people and emits zone events on the sample clip", async () => {
-  // No environment: the defaults (the shipped clip), whatever CAMERA_URL the caller has.
-  const spec = await loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), () => undefined);
+  // One camera from the environment's list (the shipped clip), whatever CAMERAS the caller has.
+  const env: Record<string, string> = { CAMERAS: "cam=pipelines/media/vtest.mp4" };
+  const spec = await loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), (k) => env[k]);
   expect(spec.stages.map((s) => s.def.name)).toEqual(["ingest", "resize", "infer-onnx", "nms", "tracker", "zones", "sink-jsonl", "sink-log", "sink-snapshot", "sink-jetstream"]);
   const out = join(tmp, "retail.jsonl");
   for (const s of spec.stages) {
@@ -39,4 +40,17 @@ test("retail.yaml tracks people and emits zone events on the sample clip", async
   expect(events.find((e) => e.type === "counts")).toMatchObject({ seq: 50, lines: { entrance: {} }, zones: { shelf: {} } });
   const counts = JSON.parse(readFileSync(join(tmp, "counts.json"), "utf8"));
   expect(Object.keys(counts.streams)).toEqual(["cam"]);
+});
+
+test("retail.yaml's default is two cameras of one store, each with its own geometry", async () => {
+  const spec = await loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), () => undefined);
+  const ingest = spec.stages.find((s) => s.def.name === "ingest")!.options as { streams: { id: string; url: string }[] };
+  expect(ingest.streams.map((s) => s.id)).toEqual(["cam", "cam2"]);
+  const zones = spec.stages.find((s) => s.def.name === "zones")!.options as { lines: { id: string }[]; streams: Record<string, { lines: { id: string }[] }> };
+  expect(zones.lines.map((l) => l.id)).toEqual(["entrance"]);
+  expect(zones.streams.cam2.lines.map((l) => l.id)).toEqual(["door"]);
+  // A list from the environment replaces it; a malformed one names the variable's value.
+  const three = await loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), (k) => (k === "CAMERAS" ? "a=pipelines/media/vtest.mp4,b=pipelines/media/vtest.mp4,c=rtsp://10.0.0.7/live" : undefined));
+  expect((three.stages[0].options as { streams: { id: string }[] }).streams.map((s) => s.id)).toEqual(["a", "b", "c"]);
+  await expect(loadPipeline(join(pipelinesDir, "retail.yaml"), await loadRegistry(), (k) => (k === "CAMERAS" ? "rtsp://10.0.0.7/live" : undefined))).rejects.toThrow(/stages\[0\]\.with\.streams: expected id=url pairs/);
 });
