@@ -66,3 +66,32 @@ describe("nms candidates", () => {
     expect(scores.filter((s) => Math.abs(s - 0.3) < 1e-6)).toHaveLength(5000);
   });
 });
+
+describe("a send failure fails the message, not the source", () => {
+  test("frames over the server's max_payload are counted failed once logged; ffmpeg is not restarted", async () => {
+    const { startNatsServer } = await import("./support/nats.ts");
+    const { startProcess } = await import("./support/process.ts");
+    const { repoRoot, tempDir } = await import("./support/paths.ts");
+    const { writeFile } = await import("node:fs/promises");
+    const { join } = await import("node:path");
+    const nats = await startNatsServer({ maxPayload: "1MB" });
+    const dir = await tempDir();
+    try {
+      const file = join(dir.path, "big.yaml");
+      // 800x600 rgb24 is 1.44 MB a frame: over the limit on the explicit `out` subject (published for other pipelines).
+      await writeFile(file, `name: big\nbus: ${nats.url}\nstages:\n  - id: cam\n    use: ingest\n    out: shop.big.frames\n    with: { url: ${join(repoRoot, video)}, width: 800, height: 600 }\n  - id: out\n    use: sink-jsonl\n    in: shop.big.frames\n    with: { path: ${join(dir.path, "out.jsonl")} }\n`);
+      const child = startProcess([process.execPath, "runtime/cli.ts", "run", file, "--frames", "12"], { cwd: repoRoot, env: { FRAMEWIRE_LOG: "info" } });
+      expect(await child.exited).toBe(0);
+      const err = child.stderr();
+      expect(err.match(/could not be sent on/g)).toHaveLength(1);
+      expect(err).toContain("max_payload");
+      expect(err).not.toMatch(/stream lost|reconnect #/);
+      // The local sink got every frame; the source counted each failed publish.
+      expect(child.stdout()).toMatch(/cam\s+ingest\s+0\s+0\s+0\s+12/);
+      expect(child.stdout()).toMatch(/out\s+sink-jsonl\s+12\s+0\s+0\s+0/);
+    } finally {
+      await nats.dispose();
+      await dir.remove();
+    }
+  }, 60_000);
+});

@@ -327,11 +327,24 @@ export class Executor {
   private async runSource(st: RunningStage): Promise<void> {
     const src = st.instance as SourceInstance;
     const limit = this.opts.frames;
+    /** Causes of send failures logged so far: one line each, the rest counted. */
+    const causes = new Set<string>();
     const emit = async (msg: Message) => {
       if (this.abort.signal.aborted && msg.kind === "frame") return;
       if (msg.kind === "frame") this.emitted++;
-      st.stats.sent++;
-      await st.send(msg);
+      try {
+        await st.send(msg);
+        st.stats.sent++;
+      } catch (err) {
+        // A message that cannot be sent on (over max_payload, say) fails alone: the source (its ffmpeg) goes on.
+        st.stats.failed++;
+        st.stats.lastError = (err as Error).message;
+        const cause = (err as { code?: string }).code ?? (err as Error).name;
+        if (!causes.has(cause)) {
+          causes.add(cause);
+          this.log.child(st.spec.id).error(`${describe(msg)} could not be sent on: ${(err as Error).message} (further failures of this kind are counted, not logged)`);
+        }
+      }
       if (limit !== undefined && this.emitted >= limit) this.stop(`--frames ${limit} reached`);
     };
     try {
