@@ -28,7 +28,11 @@ const Url = v.pipe(
   v.check((u) => HAS_SCHEME.test(u) || resolveMediaPath(u) !== undefined, "file not found (give a URL like rtsp://host/path or an existing file)"),
   v.description("rtsp://, rtmp://, http(s)://, srt://, udp:// or a file path (relative to the working directory or the project)."),
 );
-const StreamId = v.pipe(v.string(), v.regex(/^[\w-]+$/, "expected a stream id of letters, digits, _ and -"), v.maxLength(64));
+const StreamId = v.pipe(
+  v.string(),
+  v.regex(/^[\w-]+$/, (i) => `expected a stream id of letters, digits, _ and - (got ${i.received})`),
+  v.maxLength(64),
+);
 
 /** Options a stream may set for itself; the stage's values are the defaults. */
 const PerStream = {

@@ -96,7 +96,7 @@ describe("pipeline files", () => {
     const text = `name: t\nstages:\n  - id: cam\n    use: ingest\n    with:\n      url: ${video}\n      fsp: 3\n`;
     const err = parseError(text, registry);
     expect(err.issues[0]).toMatchObject({ line: 7, path: "stages[0].with.fsp" });
-    expect(err.message).toMatch(/unknown key \(allowed: url, stream, fps, .*stallTimeout/);
+    expect(err.message).toMatch(/unknown key \(allowed: url, stream, streams, fps, .*stallTimeout/);
   });
 
   test("an unknown key with a block value is reported on the key's line", () => {
@@ -133,12 +133,16 @@ describe("pipeline files", () => {
   });
 
   test("missing required field", () => {
+    // ingest needs url (one camera) or streams (several): neither is a clear error at `with`.
     const text = `name: t\nstages:\n  - id: cam\n    use: ingest\n    with: { fps: 5 }\n`;
     const err = parseError(text, registry);
     expect(err.issues).toHaveLength(1);
-    expect(err.issues[0].path).toBe("stages[0].with.url");
+    expect(err.issues[0].path).toBe("stages[0].with");
     expect(err.issues[0].line).toBe(5);
-    expect(err.message).toContain("required field is missing");
+    expect(err.message).toContain("give url (one stream) or streams (several), not both");
+    const noUrl = parseError(`name: t\nstages:\n  - id: cam\n    use: ingest\n    with:\n      streams:\n        - { id: door }\n`, registry);
+    expect(noUrl.issues[0]).toMatchObject({ line: 7, path: "stages[0].with.streams[0].url" });
+    expect(noUrl.message).toContain("required field is missing");
   });
 
   test("YAML syntax error gives its line", () => {

@@ -18,10 +18,10 @@ interface Lane {
  * has its own lane of `capacity` messages, and `take` serves the lanes
  * round-robin: under overload every stream gets an equal share of the stage,
  * and a 30 fps camera cannot starve a 5 fps one. When a lane is full, a live
- * frame evicts that stream's oldest live frame (a live pipeline must not
- * build up latency; the drop is counted per stream); anything else waits for
- * space in its lane, so results are never lost and one blocked stream does
- * not hold back the others.
+ * message evicts that stream's oldest live frame (a live pipeline must not
+ * build up latency; the drop is counted per stream); only when the lane holds
+ * nothing droppable does a message wait for space (events and file frames
+ * are never lost), and one blocked stream does not hold back the others.
  */
 export class Inbox {
   private lanes = new Map<string, Lane>();
@@ -69,16 +69,15 @@ export class Inbox {
     if (taker) return taker(msg);
     const lane = this.lane(msg.stream);
     if (lane.items.length < this.capacity) return this.enqueue(msg.stream, lane, msg);
-    if (isDroppable(msg)) {
-      const victim = lane.items.findIndex(isDroppable);
-      if (victim >= 0) {
-        const [old] = lane.items.splice(victim, 1);
-        lane.dropped++;
-        this.dropped++;
-        this.onDrop(old);
-        lane.items.push(msg);
-        return;
-      }
+    // A full lane makes room by dropping its oldest live frame, for a live frame or anything more important (an event, a file frame).
+    const victim = lane.items.findIndex(isDroppable);
+    if (victim >= 0) {
+      const [old] = lane.items.splice(victim, 1);
+      lane.dropped++;
+      this.dropped++;
+      this.onDrop(old);
+      lane.items.push(msg);
+      return;
     }
     return new Promise<void>((resolve) => lane.waiting.push(resolve)).then(() => this.push(msg));
   }

@@ -216,9 +216,11 @@ export class Executor {
 
   private attach(st: RunningStage): void {
     const acks = new WeakMap<Message, (reply: Reply) => void>();
+    const behind = st.spec.def.kind === "sink" ? this.behindLog(st) : undefined;
     const inbox = new Inbox(st.spec.inboxSize, (msg) => {
       st.stats.dropped++;
       acks.get(msg)?.("dropped");
+      behind?.();
     });
     st.inbox = inbox;
     const push = (msg: Message) => {
@@ -311,6 +313,20 @@ export class Executor {
         st.busy--;
       }
     }
+  }
+
+  /** A sink dropping from its own full queue says so, at most every 10 s, with the count since the last line. */
+  private behindLog(st: RunningStage): () => void {
+    let last = 0;
+    let since = 0;
+    return () => {
+      since++;
+      const now = performance.now();
+      if (now - last < 10_000) return;
+      this.log.child(st.spec.id).warn(`falls behind: ${since} live frame(s) dropped from its own queue (${st.spec.inboxSize} per stream); the other stages and sinks go on`);
+      last = now;
+      since = 0;
+    };
   }
 
   /** Counts and logs (rate-limited) what the reorder window gave up on. */
