@@ -25,7 +25,7 @@ const USAGE = `usage:
   bun run streams ls|add|set|rm ... --nats URL --pipeline NAME (cameras of a running pipeline)
   bun run serve --model FILE [--port N] (bun run serve --help)
   bun run eval coco --images DIR --labels DIR [--model FILE]
-  bun run docs [--check]      regenerate docs/operators.md
+  bun run docs [--check]      regenerate docs/operators.md and pipelines/pipeline.schema.json
   bun run docs FILE           print the docs of the operators FILE adds (its operators: list)`;
 
 async function openPipeline(name: string | undefined) {
@@ -105,7 +105,8 @@ async function run(rest: string[]): Promise<number> {
   const t = totals(summary);
   // Nothing got through and something failed: a broken run, whatever the reason it stopped.
   const broken = t.framesOut === 0 && summary.stages.some((s) => s.lastError) && summary.stages.some((s) => s.kind === "sink");
-  return broken ? 1 : 0;
+  // A stop that had to abandon stuck stages lost their work in flight: not a clean run either.
+  return broken || summary.abandoned ? 1 : 0;
 }
 
 async function validate(rest: string[]): Promise<number> {
@@ -116,8 +117,9 @@ async function validate(rest: string[]): Promise<number> {
 }
 
 /**
- * Writes docs/operators.md from the operators' schemas; `--check` only
- * compares; with a pipeline file, prints the docs of that file's own operators.
+ * Writes docs/operators.md and pipelines/pipeline.schema.json from the
+ * operators' schemas; `--check` only compares; with a pipeline file, prints
+ * the docs of that file's own operators.
  */
 async function docs(rest: string[]): Promise<number> {
   const { operatorsMarkdown } = await import("./spec/schema-doc.ts");
@@ -130,20 +132,27 @@ async function docs(rest: string[]): Promise<number> {
     console.log(operatorsMarkdown(own));
     return 0;
   }
-  const { join } = await import("node:path");
+  const { dirname, join } = await import("node:path");
   const { readFileSync, writeFileSync, mkdirSync } = await import("node:fs");
   const { projectRoot } = await import("./platform/paths.ts");
-  const file = join(projectRoot, "docs", "operators.md");
-  const text = operatorsMarkdown([...(await loadRegistry()).values()]);
+  const { PIPELINE_SCHEMA_FILE, pipelineJsonSchemaText } = await import("./spec/json-schema.ts");
+  const defs = [...(await loadRegistry()).values()];
+  // The operator reference and the JSON Schema editors check pipeline files with.
+  const outputs: [string, string][] = [
+    ["docs/operators.md", operatorsMarkdown(defs)],
+    [PIPELINE_SCHEMA_FILE, pipelineJsonSchemaText(defs)],
+  ];
   if (rest.includes("--check")) {
-    const current = existsSync(file) ? readFileSync(file, "utf8") : "";
-    if (current === text) return 0;
-    console.error("docs/operators.md is out of date: run `bun run docs`");
-    return 1;
+    const stale = outputs.filter(([name, text]) => (existsSync(join(projectRoot, name)) ? readFileSync(join(projectRoot, name), "utf8") : "") !== text);
+    for (const [name] of stale) console.error(`${name} is out of date: run \`bun run docs\``);
+    return stale.length ? 1 : 0;
   }
-  mkdirSync(join(projectRoot, "docs"), { recursive: true });
-  writeFileSync(file, text);
-  console.log(`wrote ${file}`);
+  for (const [name, text] of outputs) {
+    const file = join(projectRoot, name);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, text);
+    console.log(`wrote ${file}`);
+  }
   return 0;
 }
 

@@ -194,3 +194,37 @@ describe("files and disks", () => {
     }
   }, 60_000);
 });
+
+describe("shutdown", () => {
+  test("a stop always ends the run: a stage stuck forever is abandoned after the drain timeout, and the summary says so", async () => {
+    const { defineOperator } = await import("../runtime/index.ts");
+    const v = await import("valibot");
+    const ticker = defineOperator({
+      name: "ticker",
+      kind: "source",
+      description: "test",
+      options: v.strictObject({}),
+      create: () => ({
+        async run(emit, signal) {
+          for (let seq = 0; !signal.aborted; seq++) {
+            await emit({ kind: "frame", stream: "s", seq, ts: Date.now(), live: false, image: { width: 4, height: 4, format: "rgb24", data: new Uint8Array(48) }, timings: {} });
+            await Bun.sleep(5);
+          }
+        },
+      }),
+    });
+    const hang = defineOperator({ name: "hang", kind: "transform", description: "test", options: v.strictObject({}), create: () => ({ process: () => new Promise<never>(() => {}) }) });
+    const reg = await registryWith(ticker, hang);
+    const spec = parse(`name: stuck\nstages:\n  - id: src\n    use: ticker\n  - id: stuck\n    use: hang\n  - id: out\n    use: sink-log\n`, reg);
+    const { captureLog } = await import("./support/pipeline.ts");
+    const log = captureLog("stuck");
+    const exec = new Executor(spec, new MemoryBus(), { drainTimeoutMs: 200, log });
+    await exec.start();
+    await Bun.sleep(100);
+    exec.stop("SIGTERM");
+    const summary = await exec.done;
+    expect(summary.abandoned).toContain("stuck");
+    expect(summary.reason).toMatch(/^SIGTERM; drain abandoned after \d+ s with .*stuck.* still busy$/);
+    expect(log.text()).toContain("work in flight is lost");
+  }, 30_000);
+});

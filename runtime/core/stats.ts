@@ -25,6 +25,8 @@ export interface PipelineSummary {
   reason: string;
   seconds: number;
   stages: StageSnapshot[];
+  /** Stages given up on when a stop's drain outlived its deadline (their work in flight is lost). */
+  abandoned?: string[];
 }
 
 /** Counters and latency of one stage. */

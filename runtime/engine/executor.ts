@@ -34,6 +34,9 @@ function defaultWorkerId(): string {
   return `${host}-${globalThis.process?.pid ?? 0}-${random}`;
 }
 
+/** After the drain timeout, how long closing may take before a stop gives up on stuck stages. */
+const ABANDON_GRACE_MS = 5_000;
+
 /** Finished frames per replica that may wait behind a slower one before it is skipped. */
 const REORDER_WINDOW_PER_REPLICA = 4;
 
@@ -131,14 +134,29 @@ export class Executor {
     for (const st of this.stages) if (st.spec.def.kind !== "source") this.attach(st);
     if (this.remote) this.startControlPlane(this.remote);
     const sources = this.stages.filter((s) => s.spec.def.kind === "source").map((s) => this.runSource(s));
-    this.done = Promise.all(sources).then(() => this.drain());
+    const drained = Promise.all(sources).then(() => this.drain());
+    // A stop always ends the run: past the drain timeout (and a grace for closing), stuck stages are abandoned.
+    const abandoned = new Promise<PipelineSummary>((resolve) => (this.abandon = resolve));
+    this.done = Promise.race([drained, abandoned]).finally(() => clearTimeout(this.hardStop));
   }
 
-  /** Stops the sources; the pipeline then drains what is in flight. */
+  /** Resolves `done` with what is known when a stop's drain outlives its deadline. */
+  private abandon?: (summary: PipelineSummary) => void;
+  private hardStop?: ReturnType<typeof setTimeout>;
+
+  /** Stops the sources; the pipeline then drains what is in flight (abandoning stuck stages after the drain timeout). */
   stop(reason = "stopped"): void {
     if (this.abort.signal.aborted) return;
     this.stopReason = reason;
     this.abort.abort(new Error(reason));
+    const limit = (this.opts.drainTimeoutMs ?? 30_000) + ABANDON_GRACE_MS;
+    this.hardStop = setTimeout(() => {
+      const stuck = this.stages.filter((st) => st.busy > 0 || (st.inbox?.size ?? 0) > 0 || st.spec.def.kind === "source").map((st) => st.spec.id);
+      const why = `${reason}; drain abandoned after ${(limit / 1000).toFixed(0)} s with ${stuck.join(", ") || "no stage"} still busy`;
+      this.log.error(`${why}: those stages' work in flight is lost`);
+      this.stopReason = why;
+      this.abandon?.({ ...this.summary(), abandoned: stuck });
+    }, limit);
   }
 
   /**
@@ -470,12 +488,15 @@ export class Executor {
     for (const d of this.dispatchers) d.close();
     this.eos?.close();
     await this.closeInstances();
-    const seconds = (performance.now() - this.started) / 1000;
+    return this.summary();
+  }
+
+  private summary(): PipelineSummary {
     return {
       pipeline: this.spec.name,
       bus: this.bus.kind,
       reason: this.stopReason,
-      seconds,
+      seconds: (performance.now() - this.started) / 1000,
       stages: this.stages.map((s) => {
         const snap = s.stats.snapshot();
         const routed = this.dispatchers.filter((d) => this.consumers(s.spec).includes(d.stage));
