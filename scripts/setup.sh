@@ -26,6 +26,9 @@ if [ "${1:-}" = "--test" ]; then
 fi
 
 bun install --frozen-lockfile 2>/dev/null || bun install
-# Bun runs no install scripts (none are trusted), so node_modules/.bin/deno is the deno package's
-# Node wrapper; its own installer, run here, links the native binary there instead (no download).
-bun node_modules/deno/install.cjs
+# Bun runs no install scripts (none are trusted): the deno package's own installer, run here, puts
+# its native binary at node_modules/deno/deno (from the platform package, no download). It also
+# points node_modules/.bin/deno at that binary, which breaks `deno task` (it runs a package's bin
+# as a script): .bin/deno goes back to the package's wrapper, which runs the binary.
+if [ -f node_modules/deno/install.cjs ]; then bun node_modules/deno/install.cjs; fi
+ln -sf ../deno/bin.cjs node_modules/.bin/deno

@@ -31,7 +31,7 @@ deno_status=0 deno_passed=0 deno_failed=0
 if [ ${#deno_files[@]} -gt 0 ]; then
   echo
   echo "deno test (${#deno_files[@]} files of deno.json's test.include)"
-  NO_COLOR=1 node_modules/.bin/deno test -A --no-check "${deno_files[@]}" 2>&1 | tee .tmp/test-output-deno.txt
+  NO_COLOR=1 node_modules/deno/deno test -A --no-check "${deno_files[@]}" 2>&1 | tee .tmp/test-output-deno.txt
   deno_status=${PIPESTATUS[0]}
   # Deno's summary: "ok | 81 passed | 0 failed | 1 ignored (26s)" or "FAILED | 80 passed | 1 failed (27s)".
   summary=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' .tmp/test-output-deno.txt | tail -n 1)

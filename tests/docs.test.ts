@@ -16,6 +16,9 @@ test("the option reference reads types, defaults, bounds and descriptions from a
   const iou = optionDocs(nms).find((r) => r.name === "iou")!;
   expect(iou).toMatchObject({ type: "number", required: false, default: 0.45 });
   expect(iou.constraints).toEqual(["min value >=0", "max value <=1"]);
+  const jsonl = (await loadRegistry()).get("sink-jsonl")!;
+  expect(optionDocs(jsonl).find((r) => r.name === "path")).toMatchObject({ type: "string", required: true });
+  // ingest takes url (one camera) or streams (several): neither alone is required.
   const ingest = (await loadRegistry()).get("ingest")!;
-  expect(optionDocs(ingest).find((r) => r.name === "url")).toMatchObject({ type: "string", required: true });
+  expect(optionDocs(ingest).find((r) => r.name === "url")).toMatchObject({ type: "string", required: false });
 });

@@ -1,0 +1,82 @@
+/**
+ * Docs that run: the README's sample pipeline is the shipped file, every
+ * pipeline snippet in README.md and docs/ validates, and the Deno commands
+ * work after setup.
+ */
+import { describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parse as parseYaml } from "yaml";
+import { parsePipeline } from "../runtime/spec/loader.ts";
+import { loadRegistry } from "../runtime/spec/registry.ts";
+import { repoRoot } from "./support/paths.ts";
+import { startProcess } from "./support/process.ts";
+
+const bad = readFileSync(join(repoRoot, "examples/bad.yaml"), "utf8");
+const docs = ["README.md", ...readdirSync(join(repoRoot, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`)];
+
+/** Fenced blocks of `lang` in a markdown file, with the line each starts on. */
+function blocks(file: string, lang: string): { line: number; text: string }[] {
+  const out: { line: number; text: string }[] = [];
+  const lines = readFileSync(join(repoRoot, file), "utf8").split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    if (lines[i].trim() !== "```" + lang) continue;
+    const start = i + 1;
+    let j = start;
+    while (j < lines.length && lines[j].trim() !== "```") j++;
+    out.push({ line: start + 1, text: lines.slice(start, j).join("\n") });
+    i = j;
+  }
+  return out;
+}
+
+describe("docs that run", () => {
+  test("README's sample pipeline is pipelines/demo.yaml, byte for byte", () => {
+    const readme = readFileSync(join(repoRoot, "README.md"), "utf8");
+    expect(readme).toContain("```yaml\n" + readFileSync(join(repoRoot, "pipelines/demo.yaml"), "utf8") + "```");
+  });
+
+  test("every whole pipeline in README.md and docs/ validates (file:line of the block on failure)", async () => {
+    const registry = await loadRegistry();
+    const failures: string[] = [];
+    let checked = 0;
+    for (const file of docs) {
+      for (const b of blocks(file, "yaml")) {
+        let data: unknown;
+        try {
+          data = parseYaml(b.text);
+        } catch {
+          continue; // a fragment (one stage, a key), not a pipeline
+        }
+        if (!data || typeof data !== "object" || !("name" in data) || !("stages" in data)) continue;
+        // The Errors example is wrong on purpose (its output is checked below); pipelines with their own
+        // operators need the user's folder (tests/library.test.ts runs that one from outside the repository).
+        if (b.text === bad.trimEnd() || "operators" in data) continue;
+        checked++;
+        try {
+          parsePipeline(b.text, `${file}:${b.line}`, registry, () => undefined);
+        } catch (err) {
+          failures.push(`${file}:${b.line}: ${(err as Error).message}`);
+        }
+      }
+    }
+    expect(failures).toEqual([]);
+    expect(checked).toBeGreaterThan(0);
+  });
+
+  test("README's Errors section: examples/bad.yaml is shown as shipped, and validate prints exactly what the README says", async () => {
+    const readme = readFileSync(join(repoRoot, "README.md"), "utf8");
+    expect(readme).toContain("```yaml\n" + bad + "```");
+    const shown = /`bun run validate examples\/bad\.yaml` exits 2 with:\n\n```\n([\s\S]*?)```/.exec(readme)?.[1];
+    expect(shown).toBeDefined();
+    const c = startProcess([process.execPath, "runtime/cli.ts", "validate", "examples/bad.yaml"], { cwd: repoRoot });
+    expect(await c.exited).toBe(2);
+    expect(c.stderr()).toBe(shown!);
+  });
+
+  test("the README's Deno command works after setup (deno task through node_modules/.bin/deno)", async () => {
+    const c = startProcess([join(repoRoot, "node_modules/.bin/deno"), "task", "validate", "pipelines/demo.yaml"], { cwd: repoRoot, env: { NO_COLOR: "1" } });
+    expect(await c.exited).toBe(0);
+    expect(c.stdout()).toContain("pipelines/demo.yaml: valid");
+  }, 60_000);
+});
