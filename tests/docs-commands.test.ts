@@ -80,3 +80,12 @@ describe("docs that run", () => {
     expect(c.stdout()).toContain("pipelines/demo.yaml: valid");
   }, 60_000);
 });
+
+test("retail.yaml splits as docs/distributed.md says: --placement edge runs the store's stages, cloud only detection", async () => {
+  const { loadPipeline } = await import("../runtime/spec/loader.ts");
+  const spec = await loadPipeline(join(repoRoot, "pipelines/retail.yaml"), await loadRegistry(), () => undefined);
+  const at = (p: string) => spec.stages.filter((s) => s.placement === p || s.placement === "any").map((s) => s.id);
+  expect(at("cloud")).toEqual(["detect"]);
+  expect(at("edge")).toEqual(spec.stages.map((s) => s.id));
+  expect(spec.stages.find((s) => s.id === "detect")!.route).toBe("prefer-local");
+});
