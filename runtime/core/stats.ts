@@ -65,11 +65,21 @@ export class StageStats {
   }
 }
 
-/** Frames that entered (from sources) and left (reached a sink) the pipeline. */
+/**
+ * Frames that entered (from sources) and left (reached a sink) the part of
+ * the pipeline this process runs. A worker without sources or sinks (a
+ * `--stages detect` process) counts what its stages took in and passed on.
+ */
 export function totals(s: PipelineSummary): { framesIn: number; framesOut: number; dropped: number; failed: number; fps: number } {
-  const framesIn = s.stages.filter((x) => x.kind === "source").reduce((a, x) => a + x.sent, 0);
+  const sources = s.stages.filter((x) => x.kind === "source");
   const sinks = s.stages.filter((x) => x.kind === "sink");
-  const framesOut = sinks.length ? Math.max(...sinks.map((x) => x.received - x.events - x.failed)) : 0;
+  const transforms = s.stages.filter((x) => x.kind === "transform");
+  const framesIn = sources.length
+    ? sources.reduce((a, x) => a + x.sent, 0)
+    : Math.max(0, ...transforms.map((x) => x.received - x.events));
+  const framesOut = sinks.length
+    ? Math.max(...sinks.map((x) => x.received - x.events - x.failed))
+    : Math.max(0, ...transforms.map((x) => x.sent - x.events));
   const dropped = s.stages.reduce((a, x) => a + x.dropped, 0);
   const failed = s.stages.reduce((a, x) => a + x.failed, 0);
   return { framesIn, framesOut, dropped, failed, fps: s.seconds > 0 ? framesOut / s.seconds : 0 };
