@@ -1,9 +1,9 @@
 import * as v from "valibot";
-import { mkdir, open, rename } from "node:fs/promises";
-import { dirname } from "node:path";
+import { rename } from "node:fs/promises";
 import type { Event, Frame, Message } from "../runtime/core/message.ts";
 import { defineOperator } from "../runtime/core/operator.ts";
 import { exists, readText } from "../runtime/platform/index.ts";
+import { writeFileAtomic } from "../runtime/platform/atomic-file.ts";
 
 const Norm = v.pipe(v.number(), v.minValue(0), v.maxValue(1));
 const Point = v.tuple([Norm, Norm]);
@@ -173,21 +173,6 @@ function inPolygon(x: number, y: number, poly: Float64Array): boolean {
   return inside;
 }
 
-/** Writes JSON to `path` via a synced temporary file and a rename, so neither a crash nor a power cut leaves half a file. */
-async function writeAtomic(path: string, data: unknown): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
-  // Writes are serialised per operator, so one temporary name suffices.
-  const tmp = `${path}.tmp`;
-  const fh = await open(tmp, "w");
-  try {
-    await fh.writeFile(JSON.stringify(data, null, 1));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-}
-
 /** The state file's totals, or an empty state when there is none; an unreadable one is moved aside. */
 async function loadState(path: string, warn: (m: string) => void): Promise<StateFile> {
   if (!(await exists(path))) return { version: 1, streams: {} };
@@ -264,7 +249,7 @@ export default defineOperator({
       for (const [id, s] of streams) saved.streams[id] = totals(s);
       const path = o.state;
       const snapshot = structuredClone(saved);
-      writing = writing.then(() => writeAtomic(path, snapshot)).catch((e) => ctx.log.error(`writing ${path}: ${(e as Error).message}`));
+      writing = writing.then(() => writeFileAtomic(path, JSON.stringify(snapshot, null, 1))).catch((e) => ctx.log.error(`writing ${path}: ${(e as Error).message}`));
       return writing;
     }
 

@@ -1,6 +1,6 @@
 /** A stream set kept in a JSON file (the memory bus's StreamStore), written atomically. */
-import { mkdir, open, readFile, rename } from "node:fs/promises";
-import { dirname } from "node:path";
+import { readFile } from "node:fs/promises";
+import { writeFileAtomic } from "./atomic-file.ts";
 import type { StreamStore } from "../core/streams.ts";
 import { existsSync } from "./index.ts";
 
@@ -27,18 +27,7 @@ export function fileStreamStore(path: string): StreamStore {
   const write = (streams: Record<string, unknown>[]) => {
     cache = streams;
     const snapshot: StreamFile = { version: 1, streams: structuredClone(streams) };
-    writing = writing.then(async () => {
-      await mkdir(dirname(path), { recursive: true });
-      const tmp = `${path}.tmp`;
-      const fh = await open(tmp, "w");
-      try {
-        await fh.writeFile(JSON.stringify(snapshot, null, 1));
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, path);
-    });
+    writing = writing.then(() => writeFileAtomic(path, JSON.stringify(snapshot, null, 1)));
     return writing;
   };
   return {
