@@ -2,7 +2,7 @@
 # Installs what framewire needs on a fresh Debian machine: Bun (from npm) and
 # the npm dependencies, Deno among them (node_modules/.bin/deno). With --test
 # also the Debian packages the tests start for real: nats-server, ffmpeg, a
-# GStreamer RTSP server and chromium.
+# GStreamer RTSP server, chromium and mosquitto-clients (mosquitto_sub).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,7 @@ fi
 if [ "${1:-}" = "--test" ]; then
   need=()
   for pkg in nats-server ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
-             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-tools chromium; do
+             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-tools chromium mosquitto-clients; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then
