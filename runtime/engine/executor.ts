@@ -130,6 +130,8 @@ export class Executor {
       throw failed.reason;
     }
     this.started = performance.now();
+    for (const fn of this.startedListeners) fn();
+    this.startedListeners.clear();
     for (const st of this.stages) st.send = this.output(st.spec);
     for (const st of this.stages) if (st.spec.def.kind !== "source") this.attach(st);
     if (this.remote) this.startControlPlane(this.remote);
@@ -174,6 +176,23 @@ export class Executor {
       busy: s.busy,
       capacity: s.spec.inboxSize,
     }));
+  }
+
+  private startedListeners = new Set<() => void>();
+
+  /** Calls `fn` once every local stage is created and the flow has started (at once if it has); returns a remover. */
+  onStarted(fn: () => void): () => void {
+    if (this.started > 0) {
+      fn();
+      return () => {};
+    }
+    this.startedListeners.add(fn);
+    return () => this.startedListeners.delete(fn);
+  }
+
+  /** This process's placement (for service metadata and routing). */
+  get placement(): "edge" | "cloud" | "any" {
+    return this.opts.placement ?? "any";
   }
 
   /** Live frames dropped per stream in this process's inboxes (all stages), for /api/streams and the metrics. */

@@ -9,6 +9,8 @@ import { serveStatus } from "./cluster.ts";
 import { startHttpServer } from "./http/server.ts";
 import { StatusView } from "./status.ts";
 import { serveStreamControl } from "./streams.ts";
+import { registerService } from "./service.ts";
+import type { Subscription } from "../core/bus.ts";
 import { env } from "../platform/index.ts";
 
 /** What observing a running pipeline holds open; `close()` after the executor is done. */
@@ -37,6 +39,9 @@ export async function observe(exec: Executor, o: { http?: HttpOptions; log: Logg
   // Stream control over NATS (`bun run streams`), with the HTTP server's token.
   const token = o.http?.token ?? (env("FRAMEWIRE_HTTP_TOKEN") || undefined);
   const control = nats ? serveStreamControl(nats, exec, token, o.log.child("streams")) : undefined;
+  // A NATS micro service (`nats micro ls`), registered once the stages exist (see start below).
+  let service: Subscription | undefined;
+  const offStarted = nats ? exec.onStarted(() => (service = registerService(nats, exec))) : undefined;
   const server = o.http ? await startHttpServer(view, o.http, o.log.child("http")) : undefined;
   return {
     view,
@@ -44,6 +49,8 @@ export async function observe(exec: Executor, o: { http?: HttpOptions; log: Logg
     async close() {
       sub?.unsubscribe();
       control?.unsubscribe();
+      offStarted?.();
+      service?.unsubscribe();
       await server?.stop();
       view.stop();
     },
