@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { Frame, Message } from "../runtime/core/message.ts";
-import { decodeMessage, encodeMessage, WireFormatError } from "../runtime/bus/wire.ts";
+import { decodeMessage, encodeMessage, WIRE_LIMITS, WireFormatError } from "../runtime/bus/wire.ts";
 import { flipBytes, rng, type Rng } from "./fuzz-support.ts";
 
 const CASES = 400;
@@ -81,6 +81,30 @@ const frameMutations: Record<string, Mutation> = {
       m[r.pick(keys)] = r.pick([null, "x", 1, [], {}, true, { __proto__: { polluted: 1 } }]);
       return m;
     }),
+  "zero or huge dims with an empty blob": (r, b) =>
+    withMeta(b, (m) => {
+      const t = r.pick([m.tensor, m.predictions].filter(Boolean));
+      if (!t) return m;
+      t.dims = [1, r.pick([1e15, 2e8, 2 ** 31, 0]), r.pick([0, 85])];
+      for (const blob of m.blobs as { name: string; length: number }[]) if (blob.name !== "image") blob.length = 0;
+      return m;
+    }),
+  "forged JPEG frame size": (r, b) => {
+    // Rewrites the SOF0 size inside a JPEG blob (and, half the time, meta.image to match).
+    const m = metaLen(b);
+    const meta = JSON.parse(new TextDecoder().decode(b.subarray(8, 8 + m)));
+    if (meta.image.encoding !== "jpeg") return b;
+    const out = b.slice();
+    const start = 8 + m;
+    const [w, h] = [r.pick([8000, 16384, 4000, 65535, 1]), r.pick([8000, 16384, 3000, 65535, 1])];
+    for (let i = start + 2; i < out.length - 9; i++) {
+      if (out[i] === 0xff && out[i + 1] === 0xc0) {
+        out.set([h >> 8, h & 255, w >> 8, w & 255], i + 5);
+        break;
+      }
+    }
+    return r.next() < 0.5 ? out : withMeta(out, (mm) => ((mm.image.width = w), (mm.image.height = h), mm));
+  },
   "extra or missing blob": (r, b) =>
     withMeta(b, (m) => {
       if (r.next() < 0.5) m.blobs.pop();
@@ -106,7 +130,12 @@ function checkWellFormed(m: Message): void {
   }
   const { width, height, format, data } = m.image;
   if (format !== "jpeg") expect(data.length).toBe(width * height * 3);
-  for (const t of [m.tensor, m.predictions]) if (t) expect(t.data.length).toBe(t.dims.reduce((a, b) => a * b, 1));
+  for (const t of [m.tensor, m.predictions]) {
+    if (!t) continue;
+    // What a frame declares is what it carries: every dim at least 1, every value in the blob.
+    expect(t.dims.every((d) => d >= 1)).toBe(true);
+    expect(t.data.length).toBe(t.dims.reduce((a, b) => a * b, 1));
+  }
 }
 
 function decodeOutcome(bytes: Uint8Array, what: string): "ok" | "refused" {
@@ -129,6 +158,15 @@ describe("fuzzed wire messages", () => {
       const frames = base.slice(0, 3);
       const name = r.pick(names);
       const bytes = frameMutations[name](r, r.pick(frames));
+      // A decoded JPEG never exceeds the wire limits: checked from its header, before decoding.
+      if (name === "forged JPEG frame size") {
+        try {
+          const f = decodeMessage(bytes);
+          if (f.kind === "frame") expect(f.image.width * f.image.height * 3).toBeLessThanOrEqual(bytes.length * WIRE_LIMITS.maxJpegRatio);
+        } catch (err) {
+          if (!(err instanceof WireFormatError)) throw err;
+        }
+      }
       tally[decodeOutcome(bytes, `case ${n} (${name})`)]++;
     }
     expect(tally.ok + tally.refused).toBe(CASES);

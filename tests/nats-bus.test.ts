@@ -62,6 +62,32 @@ describe("NatsBus", () => {
     expect((got[2] as Frame).image).toMatchObject({ width: 100, height: 100, format: "rgb24" });
   });
 
+  test("tensors and predictions arrive intact whatever their byte offset in the message (unaligned blobs are copied)", async () => {
+    const a = await bus();
+    const b = await bus();
+    const got: Frame[] = [];
+    b.subscribe("fw.t.tensors", (m) => void got.push(m as Frame));
+    await b.nc.flush();
+    const sent: Frame[] = [];
+    // Stream ids of 1..4 characters shift the blobs after the meta through every alignment.
+    for (const stream of ["a", "ab", "abc", "abcd"]) {
+      const f = makeFrame(1, { stream, width: 2, height: 2 });
+      const values = Float32Array.from({ length: 12 }, (_, i) => i + stream.length / 10);
+      const frame: Frame = {
+        ...f,
+        tensor: { dims: [1, 3, 2, 2], dtype: "float32", data: values, letterbox: { scaleX: 1, scaleY: 1, padX: 0, padY: 0 } },
+        predictions: { layout: "yolov5", dims: [1, 2, 6], data: values.map((x) => -x), classNames: ["person"], model: "m.onnx" },
+      };
+      sent.push(frame);
+      await a.publish("fw.t.tensors", frame);
+    }
+    await until(() => got.length === 4, "4 frames with tensors");
+    for (const [i, f] of got.entries()) {
+      expect([...f.tensor!.data]).toEqual([...sent[i].tensor!.data]);
+      expect([...f.predictions!.data]).toEqual([...sent[i].predictions!.data]);
+    }
+  });
+
   test("a message over max_payload fails at once with the limit and the fix, and the bus keeps working", async () => {
     const small = await startNatsServer({ maxPayload: "64KB" });
     const b = await bus(small.url);

@@ -1,10 +1,13 @@
-import { connect, credsAuthenticator, type NatsConnection, type NodeConnectionOptions } from "@nats-io/transport-node";
+import { connect, credsAuthenticator, errors as natsErrors, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type NodeConnectionOptions } from "@nats-io/transport-node";
+import * as v from "valibot";
 import type { NatsLink, Handler, SubscribeOptions, Subscription } from "../core/bus.ts";
 import { ConfigError, FramewireError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { isDroppable, type Message } from "../core/message.ts";
-import { readBytes, readText } from "../platform/index.ts";
-import { decodeMessage, encodeMessage, WireFormatError, type WireOptions } from "./wire.ts";
+import { env, readBytes, readText } from "../platform/index.ts";
+import { CONTROL_KEY_ENV, ControlSigner, MAC_HEADER, MAX_CONTROL_SKEW_MS, TS_HEADER } from "./control-auth.ts";
+import { DuplicateWindow } from "./dedupe.ts";
+import { decodeMessage, encodeMessage, WireFormatError, WireLimitError, type WireOptions } from "./wire.ts";
 
 /** A message larger than the server accepts. */
 export class PayloadTooLargeError extends FramewireError {
@@ -41,23 +44,89 @@ export interface NatsBusOptions {
   reconnectBuffer?: number;
   /** Client name shown by the server's monitoring. */
   name?: string;
+  /**
+   * The pipeline's shared secret for control messages (default: the
+   * FRAMEWIRE_CONTROL_KEY environment variable). With a key, load adverts
+   * and end-of-stream messages are signed (HMAC-SHA256), and control
+   * messages without this key's signature are refused and counted. At
+   * least 16 characters; `null` turns signing off whatever the environment says.
+   */
+  controlKey?: string | null;
   log: Logger;
   /** Aborts the connect retries. */
   signal?: AbortSignal;
 }
 
+/**
+ * Why a received message was refused, one counter each:
+ * - `malformed`: not wire format v1 (bad header, meta, blob lengths, JPEG);
+ * - `oversize`: declares more than the wire limits or than its bytes hold (a decompression bomb, huge dims);
+ * - `duplicate`: a frame (stream, seq) this subscription already received;
+ * - `control-malformed`: a control message that is not the JSON its subject carries;
+ * - `unsigned`, `bad-signature`, `stale`: a control message without this pipeline's
+ *   signature, with a wrong one, or signed too long ago (a replay).
+ */
+export type RejectReason = "malformed" | "oversize" | "duplicate" | "control-malformed" | "unsigned" | "bad-signature" | "stale";
+export const REJECT_REASONS: readonly RejectReason[] = ["malformed", "oversize", "duplicate", "control-malformed", "unsigned", "bad-signature", "stale"];
+
 /** Counters a NATS bus keeps for metrics and the summary. */
 export interface NatsBusStats {
   published: number;
   received: number;
+  /** Every message refused, whatever the reason (the sum of `rejectedBy`). */
   rejected: number;
+  /** Refused messages by reason. */
+  rejectedBy: Record<RejectReason, number>;
+  /** Publishes and subscriptions the server refused (its permissions). */
+  deniedByServer: number;
   /** Live frames dropped because the reconnect buffer was full. */
   droppedOffline: number;
   reconnects: number;
   connected: boolean;
 }
 
+/** How a NatsBus subscription treats duplicate frames. */
+export interface NatsSubscribeOptions extends SubscribeOptions {
+  /** Refuse a frame (stream, seq) this subscription already received (default true). */
+  rejectDuplicates?: boolean;
+}
+
 const DEFAULT_RECONNECT_BUFFER = 64 * 1024 * 1024;
+/** Lines logged per reason before the log is rate-limited, then at most one per this many ms. */
+const LOG_FIRST = 5;
+const LOG_EVERY_MS = 10_000;
+
+const CONTROL_REASONS: ReadonlySet<RejectReason> = new Set(["control-malformed", "unsigned", "bad-signature", "stale"]);
+
+/**
+ * Rate limit for log lines of one kind: the first LOG_FIRST, then at most
+ * one per LOG_EVERY_MS, each saying how many were left out before it.
+ */
+class LogLimiter {
+  private kinds = new Map<string, { n: number; at: number; skipped: number }>();
+
+  /** Counts one event of `kind`: how many were skipped since the last logged one, or undefined when this one is not logged. */
+  next(kind: string): number | undefined {
+    const now = performance.now();
+    let k = this.kinds.get(kind);
+    if (!k) this.kinds.set(kind, (k = { n: 0, at: -Infinity, skipped: 0 }));
+    k.n++;
+    if (k.n > LOG_FIRST && now - k.at < LOG_EVERY_MS) {
+      k.skipped++;
+      return undefined;
+    }
+    const skipped = k.skipped;
+    [k.skipped, k.at] = [0, now];
+    return skipped;
+  }
+}
+
+/** A message kept while disconnected; control messages are signed when they are finally sent. */
+interface Pending {
+  subject: string;
+  payload: Uint8Array | string;
+  control?: boolean;
+}
 
 /**
  * The distributed bus: stages in other processes and machines exchange
@@ -69,32 +138,56 @@ const DEFAULT_RECONNECT_BUFFER = 64 * 1024 * 1024;
  */
 export class NatsBus implements NatsLink {
   readonly kind = "nats";
-  readonly stats: NatsBusStats = { published: 0, received: 0, rejected: 0, droppedOffline: 0, reconnects: 0, connected: true };
+  readonly stats: NatsBusStats = {
+    published: 0,
+    received: 0,
+    rejected: 0,
+    rejectedBy: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number>,
+    deniedByServer: 0,
+    droppedOffline: 0,
+    reconnects: 0,
+    connected: true,
+  };
   /**
    * Messages published while disconnected, sent in order on reconnect
    * (nats.js discards its own buffer when it reconnects), and their bytes.
    */
-  private backlog: { subject: string; payload: Uint8Array | string }[] = [];
+  private backlog: Pending[] = [];
   private buffered = 0;
   private reconnected: { promise: Promise<void>; resolve: () => void } | undefined;
+  /** The log of refusals and errors, rate-limited per kind. */
+  private limiter = new LogLimiter();
 
   private constructor(
     readonly nc: NatsConnection,
     private log: Logger,
     private bufferLimit: number,
+    private signer: ControlSigner | undefined,
   ) {
     void this.watchStatus();
   }
 
-  /** Connects, retrying with backoff (logged) until connected or `signal` aborts. */
+  /** True when control messages are signed and checked (a control key is set). */
+  get signsControl(): boolean {
+    return this.signer !== undefined;
+  }
+
+  /**
+   * Connects, retrying with backoff (logged) until connected or `signal` aborts.
+   * @throws ConfigError for wrong credentials, an untrusted certificate or a control key under 16 characters.
+   * @example
+   * const bus = await NatsBus.connect({ url: "nats://pipeline:secret@127.0.0.1:4222", log, controlKey: env("FRAMEWIRE_CONTROL_KEY") });
+   */
   static async connect(o: NatsBusOptions): Promise<NatsBus> {
+    const key = o.controlKey === undefined ? env(CONTROL_KEY_ENV) || undefined : o.controlKey ?? undefined;
+    const signer = key === undefined ? undefined : new ControlSigner(key);
     const opts = await connectionOptions(o);
     let delay = 250;
     for (let attempt = 1; ; attempt++) {
       try {
         const nc = await connect(opts);
-        o.log.info(`connected to NATS ${nc.getServer()} (max_payload ${nc.info?.max_payload} bytes)`);
-        return new NatsBus(nc, o.log, o.reconnectBuffer ?? DEFAULT_RECONNECT_BUFFER);
+        o.log.info(`connected to NATS ${nc.getServer()} (max_payload ${nc.info?.max_payload} bytes${signer ? "; control messages signed" : ""})`);
+        return new NatsBus(nc, o.log, o.reconnectBuffer ?? DEFAULT_RECONNECT_BUFFER, signer);
       } catch (err) {
         const msg = (err as Error).message;
         // Credentials and certificates do not get better by retrying.
@@ -127,12 +220,21 @@ export class NatsBus implements NatsLink {
     this.send(subject, bytes);
   }
 
-  /** Publishes now, or keeps the message for the reconnect. */
-  private send(subject: string, payload: Uint8Array | string): void {
+  /** Publishes now, or keeps the message for the reconnect (a control message is signed when it goes out). */
+  private send(subject: string, payload: Uint8Array | string, control = false): void {
     this.stats.published++;
-    if (this.stats.connected) return this.nc.publish(subject, payload);
-    this.backlog.push({ subject, payload });
+    if (this.stats.connected) return this.transmit({ subject, payload, control });
+    this.backlog.push({ subject, payload, control });
     this.buffered += payload.length;
+  }
+
+  private transmit(m: Pending): void {
+    if (!m.control || !this.signer) return this.nc.publish(m.subject, m.payload);
+    const { ts, mac } = this.signer.sign(m.subject, m.payload);
+    const h = natsHeaders();
+    h.set(TS_HEADER, ts);
+    h.set(MAC_HEADER, mac);
+    this.nc.publish(m.subject, m.payload, { headers: h });
   }
 
   private dropOffline(what: string): void {
@@ -159,12 +261,20 @@ export class NatsBus implements NatsLink {
     return true;
   }
 
-  subscribe(pattern: string, handler: Handler, opts: SubscribeOptions = {}): Subscription {
+  /**
+   * Delivers the wire-format messages on `pattern` to `handler`; anything
+   * else, and a frame this subscription already received, is refused
+   * (counted by reason, logged rate-limited).
+   * @example
+   * bus.subscribe("fw.demo.nms", (msg) => console.log(msg.seq), { queue: "fw.demo.sink" });
+   */
+  subscribe(pattern: string, handler: Handler, opts: NatsSubscribeOptions = {}): Subscription {
+    const window = opts.rejectDuplicates === false ? undefined : new DuplicateWindow();
     const sub = this.nc.subscribe(pattern, {
       queue: opts.queue,
       callback: (err, m) => {
-        if (err) return this.log.error(`subscription ${pattern}: ${err.message}`);
-        const msg = this.decode(m.subject, m.data);
+        if (err) return this.subscriptionError(pattern, err);
+        const msg = this.decode(m, window);
         if (!msg) return;
         const r = handler(msg, m.subject);
         if (r) r.catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`));
@@ -210,15 +320,21 @@ export class NatsBus implements NatsLink {
   /**
    * Answers requests on `subject` (as one member of `queue`, if given):
    * replies with what `handler` resolves to. Plain publishes (no reply
-   * subject) are handled the same, without an answer.
+   * subject) are handled the same, without an answer. A message that is
+   * not wire format is answered `rejected`, a frame this endpoint already
+   * took `duplicate` (neither reaches the handler).
+   * @example
+   * bus.serve("fw.demo._w.nms.gpu1", async (msg) => (await process(msg), "done"));
    */
-  serve(subject: string, handler: (msg: Message) => Promise<string>, opts: SubscribeOptions = {}): Subscription {
+  serve(subject: string, handler: (msg: Message) => Promise<string>, opts: NatsSubscribeOptions = {}): Subscription {
+    const window = opts.rejectDuplicates === false ? undefined : new DuplicateWindow();
     const sub = this.nc.subscribe(subject, {
       queue: opts.queue,
       callback: (err, m) => {
-        if (err) return this.log.error(`endpoint ${subject}: ${err.message}`);
-        const msg = this.decode(m.subject, m.data);
-        if (!msg) return void m.respond("rejected");
+        if (err) return this.subscriptionError(subject, err);
+        const msg = this.decode(m, window);
+        // A duplicate was taken before: the sender need not try it elsewhere.
+        if (!msg) return void m.respond(msg === null ? "duplicate" : "rejected");
         handler(msg).then(
           (r) => m.respond(r),
           (e) => m.respond(`failed: ${(e as Error).message}`),
@@ -228,44 +344,103 @@ export class NatsBus implements NatsLink {
     return { unsubscribe: () => sub.unsubscribe() };
   }
 
-  /** A received message, counted; or undefined when it is not wire format (rejected, counted, logged). */
-  private decode(subject: string, data: Uint8Array): Message | undefined {
+  /**
+   * A received message, counted; undefined when it is not wire format, null
+   * for a frame already received on this subscription (both refused, counted, logged).
+   */
+  private decode(m: Msg, window: DuplicateWindow | undefined): Message | undefined | null {
+    let msg: Message;
     try {
-      const msg = decodeMessage(data);
-      this.stats.received++;
-      return msg;
+      msg = decodeMessage(m.data);
     } catch (e) {
-      this.reject(subject, e as Error);
+      const err = e as Error;
+      if (err instanceof WireLimitError) this.reject(m.subject, "oversize", err.message);
+      else this.reject(m.subject, "malformed", err instanceof WireFormatError ? err.message : `decoding failed: ${err.message}`);
       return undefined;
     }
+    // Per stream and producing stage (the last in `timings`): a sink fed by two stages gets each frame from both.
+    if (window && msg.kind === "frame" && !window.admit(`${m.subject}\0${lastKey(msg.timings)}\0${msg.stream}`, msg.seq, msg.ts)) {
+      this.reject(m.subject, "duplicate", `duplicate frame ${msg.stream}#${msg.seq} (already received on this subscription)`);
+      return null;
+    }
+    this.stats.received++;
+    return msg;
   }
 
-  private reject(subject: string, err: Error): void {
+  /** Counts a refused message by reason and logs it: the first few of each reason, then at most one line per 10 s. */
+  private reject(subject: string, reason: RejectReason, what: string): void {
     this.stats.rejected++;
-    // Rate-limited: a foreign publisher must not flood the log.
-    if (this.stats.rejected <= 5 || this.stats.rejected % 100 === 0) {
-      const what = err instanceof WireFormatError ? err.message : `decoding failed: ${err.message}`;
-      this.log.warn(`rejected message on ${subject} (${this.stats.rejected} so far): ${what}`);
-    }
+    this.stats.rejectedBy[reason]++;
+    const skipped = this.limiter.next(reason);
+    if (skipped === undefined) return;
+    const control = CONTROL_REASONS.has(reason);
+    const r = this.stats.rejectedBy;
+    const controlTotal = r["control-malformed"] + r.unsigned + r["bad-signature"] + r.stale;
+    const n = control ? controlTotal : this.stats.rejected - controlTotal;
+    const more = skipped ? `; ${skipped} more ${reason} not logged` : "";
+    this.log.warn(`${control ? "refused control message" : "rejected message"} on ${subject} (${n} so far${more}): ${what}`);
+  }
+
+  /** A subscription that failed: logged rate-limited (one the server refused is counted and logged by watchStatus). */
+  private subscriptionError(pattern: string, err: Error): void {
+    if (err instanceof natsErrors.PermissionViolationError) return;
+    if (this.limiter.next(`subscription ${pattern}`) !== undefined) this.log.error(`subscription ${pattern}: ${err.message}`);
+  }
+
+  /** The server refused a publish or subscription (its permissions): counted, logged rate-limited per subject. */
+  private denied(err: InstanceType<typeof natsErrors.PermissionViolationError>): void {
+    this.stats.deniedByServer++;
+    if (this.limiter.next(`denied ${err.operation} ${err.subject}`) === undefined) return;
+    this.log.warn(
+      `the NATS server refuses this connection's ${err.operation === "publish" ? "publishes" : "subscriptions"} on ${err.subject} ` +
+        `(${this.stats.deniedByServer} refused so far): connect as a user allowed to use the pipeline's subjects (pipelines/nats/*.conf, docs/distributed.md)`,
+    );
   }
 
   /**
-   * Control-plane messages (load adverts, end of stream): small JSON.
-   * `volatile` ones (adverts, stale by the next one) are skipped while disconnected.
+   * Control-plane messages (load adverts, end of stream): small JSON, signed
+   * with the control key when there is one. `volatile` ones (adverts, stale
+   * by the next one) are skipped while disconnected.
+   * @example
+   * bus.publishJson("fw.demo._ctl.eos", { stage: "cam", worker: "edge-1" });
    */
   publishJson(subject: string, value: unknown, volatile = false): void {
     if (this.nc.isClosed() || (volatile && !this.stats.connected)) return;
-    this.send(subject, JSON.stringify(value));
+    this.send(subject, JSON.stringify(value), true);
   }
 
-  subscribeJson(subject: string, handler: (value: unknown, subject: string) => void): Subscription {
+  /**
+   * Control-plane messages on `subject` (wildcards allowed), as parsed JSON
+   * checked by `schema` when given. With a control key, a message without
+   * its valid signature is refused first; then one that is not JSON or not
+   * what the schema describes. Every refusal is counted by reason and
+   * logged rate-limited; the handler sees only the rest.
+   * @example
+   * bus.subscribeJson("fw.demo._ctl.load.detect", (advert) => console.log(advert.worker), Advert);
+   */
+  subscribeJson<T = unknown>(subject: string, handler: (value: T, subject: string) => void, schema?: v.GenericSchema<unknown, T>): Subscription {
     const sub = this.nc.subscribe(subject, {
       callback: (err, m) => {
-        if (err) return;
+        if (err) return this.subscriptionError(subject, err);
+        if (this.signer) {
+          const verdict = this.signer.verify(m.subject, m.data, m.headers?.get(TS_HEADER) || undefined, m.headers?.get(MAC_HEADER) || undefined);
+          if (verdict !== "ok") return this.reject(m.subject, verdict, refusal(verdict, m.headers));
+        }
+        let value: unknown;
         try {
-          handler(m.json(), m.subject);
+          value = m.json();
+        } catch {
+          return this.reject(m.subject, "control-malformed", `not JSON (${m.data.length} bytes)`);
+        }
+        if (schema) {
+          const r = v.safeParse(schema, value);
+          if (!r.success) return this.reject(m.subject, "control-malformed", `not a control message: ${issueText(r.issues[0])}`);
+          value = r.output;
+        }
+        try {
+          handler(value as T, m.subject);
         } catch (e) {
-          this.log.warn(`bad control message on ${m.subject}: ${(e as Error).message}`);
+          this.reject(m.subject, "control-malformed", `its handler failed: ${(e as Error).message}`);
         }
       },
     });
@@ -305,13 +480,15 @@ export class NatsBus implements NatsLink {
         this.log.warn(`NATS disconnected from ${s.server}; reconnecting (buffering up to ${this.bufferLimit} bytes)`);
       } else if (s.type === "reconnect") {
         this.log.info(`NATS reconnected to ${s.server}; sending ${this.backlog.length} messages (${this.buffered} bytes) kept meanwhile`);
-        for (const m of this.backlog) this.nc.publish(m.subject, m.payload);
+        for (const m of this.backlog) this.transmit(m);
         [this.backlog, this.buffered] = [[], 0];
         this.stats.connected = true;
         this.stats.reconnects++;
         this.reconnected?.resolve();
+      } else if (s.type === "error" && s.error instanceof natsErrors.PermissionViolationError) {
+        this.denied(s.error);
       } else if (s.type === "error" || s.type === "slowConsumer") {
-        this.log.warn(`NATS ${s.type}: ${"error" in s ? (s as { error: Error }).error?.message : ""}`);
+        if (this.limiter.next(`status ${s.type}`) !== undefined) this.log.warn(`NATS ${s.type}: ${"error" in s ? (s as { error: Error }).error?.message : ""}`);
       }
     }
   }
@@ -356,6 +533,26 @@ async function connectionOptions(o: NatsBusOptions): Promise<NodeConnectionOptio
     pingInterval: 10_000,
     timeout: 2000,
   };
+}
+
+/** Why a control message was refused, for the log. */
+function refusal(verdict: "unsigned" | "bad-signature" | "stale", h: MsgHdrs | undefined): string {
+  if (verdict === "unsigned") return `not signed, and this process has a control key: every process of the pipeline needs the same ${CONTROL_KEY_ENV}`;
+  if (verdict === "bad-signature") return "its signature does not match this pipeline's control key (forged, or another key)";
+  const age = Math.round((Date.now() - Number(h?.get(TS_HEADER))) / 1000);
+  return `signed ${Math.abs(age)} s ${age >= 0 ? "ago" : "ahead"}, more than the ${MAX_CONTROL_SKEW_MS / 1000} s allowed (a replay, or clocks apart)`;
+}
+
+function issueText(issue: v.BaseIssue<unknown>): string {
+  const path = (issue.path ?? []).map((p) => String(p.key)).join(".");
+  return `${path || "(root)"}: ${issue.message}`;
+}
+
+/** The last key of a frame's timings: the stage that produced it ("" from a source). */
+function lastKey(timings: Readonly<Record<string, number>>): string {
+  let last = "";
+  for (const k in timings) last = k;
+  return last;
 }
 
 function redact(url: string): string {

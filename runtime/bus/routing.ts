@@ -22,10 +22,11 @@ export const queueGroup = (pipeline: string, stage: string) => `fw.${pipeline}.$
 
 /**
  * A worker's answer to a request: processed (and forwarded), evicted from a
- * full inbox, failed in the operator, not a framewire message, or shutting
- * down (the sender tries another worker).
+ * full inbox, failed in the operator, not a framewire message, a frame it
+ * had already received (a retry whose first attempt got through), or
+ * shutting down (the sender tries another worker).
  */
-export type Reply = "done" | "dropped" | "failed" | "rejected" | "closing";
+export type Reply = "done" | "dropped" | "failed" | "rejected" | "duplicate" | "closing";
 
 export const Advert = v.object({
   worker: v.string(),
@@ -42,7 +43,7 @@ export const Advert = v.object({
 });
 export type Advert = v.InferOutput<typeof Advert>;
 
-const Eos = v.object({ stage: v.string(), worker: v.string() });
+export const Eos = v.object({ stage: v.string(), worker: v.string() });
 
 /** A worker not heard from for this long is considered gone. */
 export const WORKER_TTL_MS = 1500;
@@ -117,17 +118,20 @@ export class Dispatcher {
     // Long enough for a busy worker's queue (the answer comes after processing); a dead one is noticed sooner by its adverts.
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     if (stage.route === "queue") this.subject = queueSubject(pipeline, stage.id);
-    this.sub = bus.subscribeJson(loadSubject(pipeline, stage.id), (value) => {
-      const r = v.safeParse(Advert, value);
-      if (!r.success) return;
-      const now = performance.now();
-      const peer = this.peers.get(r.output.worker);
-      if (peer) [peer.advert, peer.seen, peer.suspect, peer.pendingAtAdvert] = [r.output, now, false, peer.pending];
-      else {
-        this.peers.set(r.output.worker, { advert: r.output, seen: now, pending: 0, pendingAtAdvert: 0, sent: 0, suspect: false });
-        log.info(`worker ${r.output.worker} (${r.output.placement}) joined stage ${stage.id}`);
-      }
-    });
+    // Adverts that are not signed with the pipeline's key (when it has one) or malformed are refused and counted by the bus.
+    this.sub = bus.subscribeJson(
+      loadSubject(pipeline, stage.id),
+      (advert) => {
+        const now = performance.now();
+        const peer = this.peers.get(advert.worker);
+        if (peer) [peer.advert, peer.seen, peer.suspect, peer.pendingAtAdvert] = [advert, now, false, peer.pending];
+        else {
+          this.peers.set(advert.worker, { advert, seen: now, pending: 0, pendingAtAdvert: 0, sent: 0, suspect: false });
+          log.info(`worker ${advert.worker} (${advert.placement}) joined stage ${stage.id}`);
+        }
+      },
+      Advert,
+    );
     // Notices a dead worker even while no message is waiting to be sent.
     this.sweeper = setInterval(() => this.live(), WORKER_TTL_MS / 4);
   }
@@ -255,7 +259,8 @@ export class Dispatcher {
         if (!settle()) return;
         if (reply === "closing") return this.retry(f, worker, `worker ${worker ?? "(queue)"} is shutting down`, false);
         if (reply === "dropped") this.dropped++;
-        else if (reply !== "done") this.log.warn(`stage ${this.stage.id}: worker answered ${reply} for ${describe(f.msg)}`);
+        // "duplicate": an earlier attempt reached the worker, which has it.
+        else if (reply !== "done" && reply !== "duplicate") this.log.warn(`stage ${this.stage.id}: worker answered ${reply} for ${describe(f.msg)}`);
       },
       (err: Error) => {
         if (!settle()) return;
@@ -298,22 +303,28 @@ export class EndOfStream {
     stages: string[],
   ) {
     const watched = new Set(stages);
+    // With a control key, only end-of-stream messages signed with it count (a forged one is refused by the bus).
     this.subs = [
-      bus.subscribeJson(eosSubject(pipeline), (value) => {
-        const r = v.safeParse(Eos, value);
-        if (!r.success || !watched.has(r.output.stage)) return;
-        const set = this.done.get(r.output.stage) ?? new Set();
-        set.add(r.output.worker);
-        this.done.set(r.output.stage, set);
-      }),
+      bus.subscribeJson(
+        eosSubject(pipeline),
+        (eos) => {
+          if (!watched.has(eos.stage)) return;
+          const set = this.done.get(eos.stage) ?? new Set();
+          set.add(eos.worker);
+          this.done.set(eos.stage, set);
+        },
+        Eos,
+      ),
       ...stages.map((s) =>
-        bus.subscribeJson(loadSubject(pipeline, s), (value) => {
-          const r = v.safeParse(Advert, value);
-          if (!r.success) return;
-          const m = this.alive.get(s) ?? new Map();
-          m.set(r.output.worker, performance.now());
-          this.alive.set(s, m);
-        }),
+        bus.subscribeJson(
+          loadSubject(pipeline, s),
+          (advert) => {
+            const m = this.alive.get(s) ?? new Map();
+            m.set(advert.worker, performance.now());
+            this.alive.set(s, m);
+          },
+          Advert,
+        ),
       ),
     ];
   }

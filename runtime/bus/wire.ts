@@ -2,6 +2,7 @@ import { codedError } from "../core/errors.ts";
 import { decode as decodeJpeg, encode as encodeJpeg } from "jpeg-js";
 import * as v from "valibot";
 import { seal, type Frame, type Image, type Message } from "../core/message.ts";
+import { scanJpeg } from "./jpeg-header.ts";
 
 /**
  * framewire wire format v1 (see docs/wire-format.md).
@@ -21,7 +22,49 @@ const MAGIC = [0x46, 0x57, 0x4d, 0x31]; // "FWM1"
 export const WireFormatError = codedError("WireFormatError", "E_WIRE_FORMAT");
 export type WireFormatError = InstanceType<typeof WireFormatError>;
 
-const Letterbox = v.strictObject({ scaleX: v.number(), scaleY: v.number(), padX: v.number(), padY: v.number() });
+/**
+ * A frame whose declared sizes are over the {@link WIRE_LIMITS} or out of
+ * proportion to the bytes it carries (a decompression bomb, a tensor of
+ * 10^15 values): refused before anything is decoded or allocated for it.
+ * Also a WireFormatError; its own code is `E_WIRE_LIMIT`.
+ * @example
+ * try { decodeMessage(bytes); } catch (e) { if (e instanceof WireLimitError) console.log(e.code); } // "E_WIRE_LIMIT"
+ */
+export class WireLimitError extends WireFormatError {
+  override name = "WireLimitError";
+  override readonly code: string = "E_WIRE_LIMIT";
+}
+
+/**
+ * What a received frame may declare. Raw images, tensors and predictions are
+ * bounded by the bytes received (their blob must hold exactly what the meta
+ * declares, every dimension at least 1); a JPEG blob, which a decoder
+ * expands, by its pixels and by its compression ratio, both read from the
+ * JPEG's own frame header before decoding.
+ */
+export const WIRE_LIMITS = {
+  /** Longest image side (meta.image.width / height). */
+  maxSide: 16_384,
+  /** Most pixels a JPEG blob may decode to: 8K UHD (7680×4320). */
+  maxJpegPixels: 7680 * 4320,
+  /**
+   * Most rgb24 bytes a JPEG blob may decode to per byte it holds. Baseline
+   * JPEG needs at least 2 bits per 8×8 block, which caps a flat frame at
+   * ~512:1 for 4:2:0 colour and 768:1 for grey (ffmpeg's flat 4K frame:
+   * 509:1; jpeg-js, 4:4:4: ~110:1); a forged header declaring 8000×8000 in
+   * 2 KB is ~87 000:1.
+   */
+  maxJpegRatio: 1024,
+  /** Dimensions of a tensor or predictions. */
+  maxDims: 8,
+} as const;
+
+const Letterbox = v.strictObject({
+  scaleX: v.pipe(v.number(), v.finite(), v.gtValue(0)),
+  scaleY: v.pipe(v.number(), v.finite(), v.gtValue(0)),
+  padX: v.pipe(v.number(), v.finite()),
+  padY: v.pipe(v.number(), v.finite()),
+});
 const Box = v.tuple([v.number(), v.number(), v.number(), v.number()]);
 const DetectionSchema = v.object({
   class: v.string(),
@@ -41,18 +84,20 @@ const TrackSchema = v.object({
 });
 /** The frame's metadata bag: known keys checked, the rest (user operators' data) passed on as JSON. */
 const MetaSchema = v.looseObject({ tracks: v.optional(v.array(TrackSchema)) });
-const Dims = v.pipe(v.array(v.pipe(v.number(), v.integer(), v.minValue(0))), v.maxLength(8));
+/** Every dimension at least 1: a zero would let dims of any size claim an empty blob. */
+const Dims = v.pipe(v.array(v.pipe(v.number(), v.integer(), v.minValue(1))), v.minLength(1), v.maxLength(WIRE_LIMITS.maxDims));
+const Finite = v.pipe(v.number(), v.finite());
 
 const FrameMeta = v.strictObject({
   v: v.literal(WIRE_VERSION),
   kind: v.literal("frame"),
   stream: v.string(),
   seq: v.pipe(v.number(), v.integer(), v.minValue(0)),
-  ts: v.number(),
+  ts: Finite,
   live: v.boolean(),
   image: v.strictObject({
-    width: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(16384)),
-    height: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(16384)),
+    width: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(WIRE_LIMITS.maxSide)),
+    height: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(WIRE_LIMITS.maxSide)),
     format: v.picklist(["rgb24", "bgr24", "jpeg"]),
     /** How the image blob is coded on the wire; absent means as `format` says. */
     encoding: v.optional(v.literal("jpeg")),
@@ -86,9 +131,6 @@ export interface WireOptions {
   /** JPEG quality 1..100. */
   quality?: number;
 }
-
-/** Largest image a JPEG blob may decode to (a foreign message must not exhaust memory). */
-const MAX_JPEG_MEGAPIXELS = 64;
 
 /**
  * Serialises a message for NATS: frames as the binary envelope, events as JSON.
@@ -168,21 +210,33 @@ function decodeFrame(bytes: Uint8Array): Frame {
   const r = v.safeParse(FrameMeta, json);
   if (!r.success) throw new WireFormatError(`frame meta invalid: ${issuePath(r.issues[0])}`);
   const m = r.output;
+  // Every size is checked against the bytes received before anything is decoded or allocated.
   const expected = 8 + metaLen + m.blobs.reduce((a, b) => a + b.length, 0);
   if (expected !== bytes.length) throw new WireFormatError(`frame is ${bytes.length} bytes, its meta declares ${expected}`);
   const blobs = new Map<string, Uint8Array>();
   let off = 8 + metaLen;
   for (const b of m.blobs) {
+    if (blobs.has(b.name)) throw new WireFormatError(`frame lists the ${b.name} blob twice`);
     blobs.set(b.name, bytes.subarray(off, off + b.length));
     off += b.length;
   }
   const blob = blobs.get("image");
   if (!blob) throw new WireFormatError("frame has no image blob");
-  const { encoding, ...img } = m.image;
-  const image = encoding === "jpeg" && img.format !== "jpeg" ? fromJpeg(blob, img.width, img.height, img.format) : blob;
-  if (img.format !== "jpeg" && image.length !== img.width * img.height * 3) {
-    throw new WireFormatError(`image blob is ${image.length} bytes, ${img.width}x${img.height} ${img.format} needs ${img.width * img.height * 3}`);
+  for (const name of ["tensor", "predictions"] as const) {
+    if (blobs.has(name) !== (m[name] !== undefined)) {
+      throw new WireFormatError(m[name] ? `frame meta has ${name} but no ${name} blob` : `frame has a ${name} blob but no ${name} in its meta`);
+    }
   }
+  const { encoding, ...img } = m.image;
+  const jpeg = encoding === "jpeg" || img.format === "jpeg";
+  if (jpeg) checkJpeg(blob, img.width, img.height);
+  else if (blob.length !== img.width * img.height * 3) {
+    throw new WireFormatError(`image blob is ${blob.length} bytes, ${img.width}x${img.height} ${img.format} needs ${img.width * img.height * 3}`);
+  }
+  const tensor = m.tensor && floats(blobs.get("tensor"), m.tensor.dims, "tensor");
+  if (m.predictions) checkYolo(m.predictions.layout, m.predictions.dims);
+  const predictions = m.predictions && floats(blobs.get("predictions"), m.predictions.dims, "predictions");
+  const image = encoding === "jpeg" && img.format !== "jpeg" ? fromJpeg(blob, img.width, img.height, img.format) : blob;
   return seal({
     kind: "frame",
     stream: m.stream,
@@ -191,13 +245,43 @@ function decodeFrame(bytes: Uint8Array): Frame {
     live: m.live,
     image: { ...img, data: image },
     timings: m.timings,
-    ...(m.tensor
-      ? { tensor: { dims: m.tensor.dims, dtype: "float32", data: floats(blobs.get("tensor"), m.tensor.dims, "tensor"), letterbox: m.tensor.letterbox } }
-      : {}),
-    ...(m.predictions ? { predictions: { ...m.predictions, data: floats(blobs.get("predictions"), m.predictions.dims, "predictions") } } : {}),
+    ...(m.tensor && tensor ? { tensor: { dims: m.tensor.dims, dtype: "float32", data: tensor, letterbox: m.tensor.letterbox } } : {}),
+    ...(m.predictions && predictions ? { predictions: { ...m.predictions, data: predictions } } : {}),
     ...(m.detections ? { detections: m.detections } : {}),
     ...(m.meta ? { meta: m.meta } : {}),
   } satisfies Frame);
+}
+
+/**
+ * A JPEG blob's own frame header against the meta and the limits, before a
+ * decoder sees it: the size it declares must be the meta's, at most
+ * {@link WIRE_LIMITS}.maxJpegPixels, and at most maxJpegRatio times the
+ * blob's bytes once decoded.
+ */
+function checkJpeg(blob: Uint8Array, width: number, height: number): void {
+  const scan = scanJpeg(blob);
+  if (!scan.ok) throw new WireFormatError(`image blob is not a decodable JPEG: ${scan.reason}`);
+  const f = scan.frame;
+  if (f.width !== width || f.height !== height) throw new WireFormatError(`JPEG frame header declares ${f.width}x${f.height}, meta says ${width}x${height}`);
+  const pixels = width * height;
+  if (pixels > WIRE_LIMITS.maxJpegPixels) {
+    throw new WireLimitError(`JPEG frame header declares ${width}x${height} (${(pixels / 1e6).toFixed(1)} MP); the wire limit is ${(WIRE_LIMITS.maxJpegPixels / 1e6).toFixed(1)} MP`);
+  }
+  const ratio = (pixels * 3) / blob.length;
+  if (ratio > WIRE_LIMITS.maxJpegRatio) {
+    throw new WireLimitError(
+      `JPEG frame header declares ${width}x${height} (${pixels * 3} bytes decoded) in a ${blob.length}-byte blob: ` +
+        `${Math.round(ratio)}:1, more than the ${WIRE_LIMITS.maxJpegRatio}:1 any real JPEG reaches`,
+    );
+  }
+}
+
+/** Predictions must have a YOLO head's shape: 1×N×(5+C) (YOLOv5) or 1×(4+C)×N (YOLOv8), C ≥ 1. */
+function checkYolo(layout: "yolov5" | "yolov8", dims: number[]): void {
+  const shape = `[${dims.join(",")}]`;
+  if (dims.length !== 3 || dims[0] !== 1) throw new WireFormatError(`predictions dims ${shape} are not a YOLO output (expected 1×N×(5+C) or 1×(4+C)×N)`);
+  if (layout === "yolov5" && dims[2] < 6) throw new WireFormatError(`predictions dims ${shape}: a yolov5 row needs 5 + at least 1 class values`);
+  if (layout === "yolov8" && dims[1] < 5) throw new WireFormatError(`predictions dims ${shape}: a yolov8 column needs 4 + at least 1 class values`);
 }
 
 /** rgb24/bgr24 pixels as a baseline JPEG (jpeg-js wants RGBA in RGB order). */
@@ -219,7 +303,7 @@ function toJpeg(img: Image, quality: number): Uint8Array {
 function fromJpeg(blob: Uint8Array, width: number, height: number, format: "rgb24" | "bgr24"): Uint8Array {
   let img;
   try {
-    img = decodeJpeg(blob, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: MAX_JPEG_MEGAPIXELS });
+    img = decodeJpeg(blob, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(WIRE_LIMITS.maxJpegPixels / 1e6) });
   } catch (e) {
     throw new WireFormatError(`image blob is not a decodable JPEG: ${(e as Error).message}`);
   }
@@ -235,12 +319,22 @@ function floatBytes(a: Float32Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
-/** Float32 view of a blob; copies only when the blob is not 4-byte aligned. */
+/**
+ * Float32 view of a blob whose length is exactly product(dims) × 4 (every
+ * dim is at least 1, so no dim exceeds the values the blob holds); copies
+ * only when the blob is not 4-byte aligned.
+ */
 function floats(blob: Uint8Array | undefined, dims: number[], name: string): Float32Array {
   const n = dims.reduce((a, b) => a * b, 1);
-  if (!blob || blob.length !== n * 4) throw new WireFormatError(`${name} blob is ${blob?.length ?? 0} bytes, dims [${dims.join(",")}] need ${n * 4}`);
+  if (!blob || blob.length !== n * 4) {
+    const need = Number.isSafeInteger(n * 4) ? String(n * 4) : `${(n * 4).toExponential(2)}`;
+    throw new (n * 4 > (blob?.length ?? 0) ? WireLimitError : WireFormatError)(`${name} blob is ${blob?.length ?? 0} bytes, dims [${dims.join(",")}] need ${need}`);
+  }
   if (blob.byteOffset % 4 === 0) return new Float32Array(blob.buffer, blob.byteOffset, n);
-  return new Float32Array(blob.slice().buffer);
+  // A real copy: on a Node Buffer (what nats.js may hand over) slice() is a view of the whole socket buffer.
+  const copy = new Uint8Array(blob.length);
+  copy.set(blob);
+  return new Float32Array(copy.buffer, 0, n);
 }
 
 function issuePath(issue: v.BaseIssue<unknown>): string {

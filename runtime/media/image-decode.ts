@@ -115,11 +115,50 @@ function jpegHeader(b: Uint8Array): ImageHeader {
       const width = (b[i + 5] << 8) | b[i + 6];
       // Height 0 defers the size to a DNL marker after the scan: nothing to check up front, so refuse.
       if (!width || !height) throw new CorruptImageError(`JPEG frame header declares ${width}x${height}`);
+      checkLaterFrames(b, i + len, width, height);
       return { format: "jpeg", width, height };
     }
     i += len;
   }
   throw new CorruptImageError("JPEG truncated before its frame header");
+}
+
+/**
+ * A decoder re-sizes its buffers at every frame header (SOFn), so a file
+ * whose first header declares a small size and a later one (after a scan,
+ * or after junk a decoder skips) a huge one would get past a check of the
+ * first alone. Walks the rest of the image as a decoder does, linear in its
+ * bytes: segments are skipped by their length (an EXIF thumbnail inside
+ * one is not this image's frame), entropy-coded data and junk byte by byte
+ * to the next marker, up to the end-of-image marker (a second picture of an
+ * MPO file after it is another image, which is not decoded).
+ */
+function checkLaterFrames(b: Uint8Array, from: number, width: number, height: number): void {
+  let i = from;
+  while (i + 1 < b.length) {
+    if (b[i] !== 0xff) {
+      i++;
+      continue;
+    }
+    const m = b[i + 1];
+    if (m === 0xff) {
+      i++; // fill byte
+      continue;
+    }
+    // A stuffed 0xFF in entropy-coded data, a restart marker, TEM: no length field.
+    if (m === 0x00 || m === 0x01 || (m >= 0xd0 && m <= 0xd7)) {
+      i += 2;
+      continue;
+    }
+    if (m === 0xd9 || i + 3 >= b.length) return;
+    const len = (b[i + 2] << 8) | b[i + 3];
+    if (isSof(m) && i + 8 < b.length) {
+      const h = (b[i + 5] << 8) | b[i + 6];
+      const w = (b[i + 7] << 8) | b[i + 8];
+      if (w !== width || h !== height) throw new CorruptImageError(`JPEG declares two frame sizes, ${width}x${height} and ${w}x${h}`);
+    }
+    i += 2 + Math.max(len, 2);
+  }
 }
 
 /**

@@ -145,7 +145,9 @@ export async function renderMetrics(view: StatusView): Promise<{ contentType: st
     family("nats_reconnects_total", "Reconnections to NATS.", "counter").add({}, n.reconnects);
     family("nats_published_total", "Messages published to NATS.", "counter").add({}, n.published);
     family("nats_received_total", "Messages received from NATS.", "counter").add({}, n.received);
-    family("nats_rejected_total", "Messages from NATS that were not framewire wire format.", "counter").add({}, n.rejected);
+    const rejected = family("nats_rejected_total", "Messages from NATS refused, by reason (malformed, oversize, duplicate, control-malformed, unsigned, bad-signature, stale).", "counter");
+    for (const [reason, count] of Object.entries(n.rejectedBy)) rejected.add({ reason }, count);
+    family("nats_denied_total", "Publishes and subscriptions the NATS server refused (its permissions).", "counter").add({}, n.deniedByServer);
   }
 
   const reg = new Registry();

@@ -1,5 +1,20 @@
 import type * as v from "valibot";
 
+/** Longest value quoted in a message; the rest is summarised by its length. */
+export const MAX_QUOTED_VALUE = 80;
+/** Longest message of one issue. */
+export const MAX_ISSUE_MESSAGE = 1000;
+
+/**
+ * `text` cut to `max` characters, saying how long it was: a 50 MB value in a
+ * pipeline file must not be echoed whole into its error.
+ * @example
+ * clip("x".repeat(1000), 10); // 'xxxxxxxxxx… (1000 characters)'
+ */
+export function clip(text: string, max = MAX_ISSUE_MESSAGE): string {
+  return text.length <= max ? text : `${text.slice(0, max)}… (${text.length} characters)`;
+}
+
 /** `stages[2].with.iou` from a key path. */
 export function formatPath(keys: readonly (string | number)[]): string {
   let out = "";
@@ -39,8 +54,8 @@ export function describeIssue(issue: v.BaseIssue<unknown>, root: v.GenericSchema
     return `unknown key${allowed ? ` (allowed: ${allowed.join(", ")})` : ""}`;
   }
   if (issue.kind === "schema" && issue.received === "undefined" && keys.length) return "required field is missing";
-  // Custom messages (v.check and friends) are already written for users.
-  if (!issue.message.startsWith("Invalid ")) return issue.message;
+  // Custom messages (v.check and friends) are already written for users (but may quote the value).
+  if (!issue.message.startsWith("Invalid ")) return clip(issue.message);
   const expected = issue.expected?.replace(/^([<>]=?)/, "$1 ");
-  return `expected ${expected}, got ${issue.received}`;
+  return `expected ${clip(expected ?? "", MAX_QUOTED_VALUE * 2)}, got ${clip(issue.received, MAX_QUOTED_VALUE)}`;
 }

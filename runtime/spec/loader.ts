@@ -2,9 +2,9 @@ import * as v from "valibot";
 import { isMap, isScalar, isSeq, LineCounter, parse as parseYamlValue, parseDocument, visit, type Document } from "yaml";
 import { PipelineFileError, type FileIssue } from "../core/errors.ts";
 import { HttpSchema, type HttpOptions } from "./http-options.ts";
-import { describeIssue, formatPath } from "./issues.ts";
+import { open } from "node:fs/promises";
+import { clip, describeIssue, formatPath, MAX_QUOTED_VALUE } from "./issues.ts";
 import type { OperatorDefinition } from "../core/operator.ts";
-import { readText } from "../platform/index.ts";
 import { importOperator, type Registry } from "./registry.ts";
 import { checkSubject, subjectMatches } from "../core/subject.ts";
 import { interpolate } from "./interpolate.ts";
@@ -37,7 +37,7 @@ const StageSchema = v.strictObject({
 });
 
 /** `bus:` as an object: a NATS server with credentials, TLS and a reconnect buffer (docs/distributed.md). */
-const NatsBusSchema = v.strictObject({
+export const NatsBusSchema = v.strictObject({
   url: v.pipe(v.string(), v.regex(/^(nats|tls):\/\//, "expected a nats:// or tls:// URL (several comma-separated)")),
   user: v.optional(v.string()),
   password: v.optional(v.string()),
@@ -48,6 +48,8 @@ const NatsBusSchema = v.strictObject({
   tls: v.optional(v.strictObject({ ca: v.optional(v.string()), cert: v.optional(v.string()), key: v.optional(v.string()) })),
   /** MiB of messages kept while disconnected; past it live frames are dropped and other messages wait. */
   reconnectBufferMB: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(4096))),
+  /** Signs control messages (adverts, end of stream) with HMAC-SHA256; default $FRAMEWIRE_CONTROL_KEY (docs/distributed.md). */
+  controlKey: v.optional(v.pipe(v.string(), v.minLength(16, "expected a key of at least 16 characters"))),
 });
 export type NatsConfig = Omit<v.InferOutput<typeof NatsBusSchema>, "url">;
 
@@ -94,20 +96,60 @@ export interface PipelineSpec {
 }
 
 const DEFAULT_INBOX = 2;
+/**
+ * A sink's own queue per stream: deep enough that a slow or failing sink
+ * (a webhook that hangs, a JetStream outage) works off its own backlog
+ * without holding back the stages or the other sinks; its live frames drop
+ * from its own queue only.
+ */
+const DEFAULT_SINK_INBOX = 32;
 
 /** Output subject of a stage unless `out` says otherwise. */
 export function stageSubject(pipeline: string, stage: string): string {
   return `fw.${pipeline}.${stage}`;
 }
 
+/** Largest pipeline file read (1 MiB): the shipped ones are a few KiB; a 50 MB value would cost gigabytes to parse. */
+export const MAX_PIPELINE_FILE_BYTES = 1024 * 1024;
+
+function tooLarge(file: string, size: string): PipelineFileError {
+  return new PipelineFileError(file, [
+    { line: 1, column: 1, path: "", message: `the file is ${size}, over the ${MAX_PIPELINE_FILE_BYTES / 1024 / 1024} MiB (${MAX_PIPELINE_FILE_BYTES} bytes) limit for pipeline files` },
+  ]);
+}
+
+/**
+ * A pipeline file's text, read no further than the size limit (a file, a
+ * pipe or a device alike): nothing past the limit is ever held in memory.
+ * @throws PipelineFileError when the file is larger than {@link MAX_PIPELINE_FILE_BYTES}.
+ */
+async function readPipelineText(file: string): Promise<string> {
+  const handle = await open(file, "r");
+  try {
+    const st = await handle.stat();
+    if (st.isFile() && st.size > MAX_PIPELINE_FILE_BYTES) throw tooLarge(file, `${st.size} bytes`);
+    const buf = new Uint8Array(MAX_PIPELINE_FILE_BYTES + 1);
+    let n = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buf, n, buf.length - n, null);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+      if (n > MAX_PIPELINE_FILE_BYTES) throw tooLarge(file, `more than ${MAX_PIPELINE_FILE_BYTES} bytes`);
+    }
+    return new TextDecoder().decode(buf.subarray(0, n));
+  } finally {
+    await handle.close();
+  }
+}
+
 /**
  * Reads, interpolates and validates a pipeline file.
- * @throws PipelineFileError listing every problem with file, line and field path.
+ * @throws PipelineFileError listing every problem with file, line and field path (also for a file over 1 MiB).
  * @example
  * const spec = await loadPipeline("pipelines/demo.yaml", await loadRegistry());
  */
 export async function loadPipeline(file: string, registry: Registry, env: (k: string) => string | undefined = (k) => process.env[k]): Promise<PipelineSpec> {
-  const text = await readText(file);
+  const text = await readPipelineText(file);
   return parsePipeline(text, file, await withUserOperators(text, file, registry), env);
 }
 
@@ -150,13 +192,22 @@ async function withUserOperators(text: string, file: string, registry: Registry)
   return merged;
 }
 
+/**
+ * Interpolates and validates pipeline text (what {@link loadPipeline} does after reading the file).
+ * @throws PipelineFileError listing every problem, each message cut to a few hundred characters; text over 1 MiB is refused unparsed.
+ * @example
+ * const spec = parsePipeline("name: d\nstages:\n  - { id: cam, use: ingest, with: { url: a.mp4 } }\n", "inline.yaml", registry, (k) => process.env[k]);
+ */
 export function parsePipeline(text: string, file: string, registry: Registry, env: (k: string) => string | undefined): PipelineSpec {
+  if (text.length > MAX_PIPELINE_FILE_BYTES || (text.length * 3 > MAX_PIPELINE_FILE_BYTES && new TextEncoder().encode(text).length > MAX_PIPELINE_FILE_BYTES)) {
+    throw tooLarge(file, `${new TextEncoder().encode(text).length} bytes`);
+  }
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const issues: FileIssue[] = [];
   const at = (offset: number, path: string, message: string) => {
     const pos = lines.linePos(offset);
-    issues.push({ line: pos.line, column: pos.col, path, message });
+    issues.push({ line: pos.line, column: pos.col, path: clip(path, MAX_QUOTED_VALUE * 2), message: clip(message) });
   };
   const fail = () => new PipelineFileError(file, issues);
 
@@ -195,7 +246,7 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
     const def = registry.get(s.use);
     if (!def) {
       const hint = suggest(s.use, [...registry.keys()]);
-      reportAt(doc, at, ["stages", i, "use"], `unknown operator "${s.use}"${hint ? ` (did you mean "${hint}"?)` : ""}; known: ${[...registry.keys()].join(", ")}`);
+      reportAt(doc, at, ["stages", i, "use"], `unknown operator "${clip(s.use, MAX_QUOTED_VALUE)}"${hint ? ` (did you mean "${hint}"?)` : ""}; known: ${[...registry.keys()].join(", ")}`);
       return;
     }
     const r = v.safeParse(def.options, s.with ?? {}, { abortEarly: false });
@@ -225,7 +276,7 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
     }
     const output = subjectOf(s.id);
     if (def.kind !== "sink") upstream = output;
-    return { id: s.id, def, options, inputs, output, inboxSize: s.inbox ?? DEFAULT_INBOX, replicas: s.replicas, route: s.route, placement: s.placement, link: s.link, line: lineOf(doc, lines, ["stages", i]) };
+    return { id: s.id, def, options, inputs, output, inboxSize: s.inbox ?? (def.kind === "sink" ? DEFAULT_SINK_INBOX : DEFAULT_INBOX), replicas: s.replicas, route: s.route, placement: s.placement, link: s.link, line: lineOf(doc, lines, ["stages", i]) };
   });
   if (!stages.some((s) => s.def.kind === "source")) reportAt(doc, at, ["stages"], "no source stage: the pipeline would never receive a frame");
   const cycle = findCycle(stages);
@@ -373,6 +424,8 @@ function lineOf(doc: Document, lines: LineCounter, keys: (string | number)[]): n
 /** Closest known name by edit distance, if close enough to be a typo. */
 /** The known word closest to `word` by edit distance, when close enough to be a typo. */
 export function suggest(word: string, known: string[]): string | undefined {
+  // No name is that long: not a typo, and the edit distance would cost length × names.
+  if (word.length > 64) return undefined;
   let best: string | undefined;
   let bestD = Math.max(2, Math.floor(word.length / 3)) + 1;
   for (const k of known) {
