@@ -8,7 +8,7 @@
 import { parseArgs } from "node:util";
 import { ConfigError, PipelineFileError } from "./core/errors.ts";
 import { runPipeline, type PipelineRun } from "./run.ts";
-import { loadPipeline, suggest } from "./spec/loader.ts";
+import { loadPipeline, suggest, type StageSelection } from "./spec/loader.ts";
 import { createLogger } from "./core/log.ts";
 import type { PipelineSpec } from "./spec/loader.ts";
 import { isAbsolute, relative } from "node:path";
@@ -28,13 +28,13 @@ const USAGE = `usage:
   bun run docs [--check]      regenerate docs/operators.md and pipelines/pipeline.schema.json
   bun run docs FILE           print the docs of the operators FILE adds (its operators: list)`;
 
-async function openPipeline(name: string | undefined) {
+async function openPipeline(name: string | undefined, select?: StageSelection) {
   if (!name) throw new ConfigError(`no pipeline file given\n${USAGE}`);
   const file = resolvePipelineFile(name);
   if (!file) throw new ConfigError(`pipeline file not found: ${name} (looked in the working directory and pipelines/)`);
   // Messages name the file as short as it can be said from here (pipelines/demo.yaml, not a full path).
   const near = relative(process.cwd(), file);
-  return loadPipeline(near.startsWith("..") || isAbsolute(near) ? file : near, await loadRegistry());
+  return loadPipeline(near.startsWith("..") || isAbsolute(near) ? file : near, await loadRegistry(), undefined, select);
 }
 
 /**
@@ -69,7 +69,13 @@ async function run(rest: string[]): Promise<number> {
   });
   const frames = values.frames === undefined ? undefined : Number(values.frames);
   if (frames !== undefined && !(Number.isInteger(frames) && frames > 0)) throw new ConfigError(`--frames: expected a positive integer, got "${values.frames}"`);
-  const spec = await openPipeline(positionals[0]);
+  // Only the stages this process runs have their options checked (a node holds only what it runs).
+  const select: StageSelection | undefined = values.stages
+    ? { stages: values.stages.split(",").map((x) => x.trim()).filter(Boolean) }
+    : values.placement === "edge" || values.placement === "cloud"
+      ? { placement: values.placement }
+      : undefined;
+  const spec = await openPipeline(positionals[0], select);
   const log = createLogger(spec.name);
   const stages = selectStages(spec, values.stages, values.placement);
   const connecting = new AbortController();

@@ -241,7 +241,12 @@ export class StatusView {
 function overlaysOf(exec: Executor): Overlays {
   const out: Overlays = { lines: [], zones: [] };
   for (const s of exec.spec.stages) {
-    const o = s.def.overlays?.(s.options as never);
+    let o: Overlays | undefined;
+    try {
+      o = s.def.overlays?.(s.options as never);
+    } catch {
+      continue; // a stage another node runs: its options were not checked here
+    }
     if (!o) continue;
     out.lines.push(...o.lines);
     out.zones.push(...o.zones);

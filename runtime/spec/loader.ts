@@ -148,9 +148,24 @@ async function readPipelineText(file: string): Promise<string> {
  * @example
  * const spec = await loadPipeline("pipelines/demo.yaml", await loadRegistry());
  */
-export async function loadPipeline(file: string, registry: Registry, env: (k: string) => string | undefined = (k) => process.env[k]): Promise<PipelineSpec> {
+/**
+ * Which stages this process runs (`--stages`, `--placement`): only their
+ * options are checked, so a node needs only the files its own stages name
+ * (an edge box without the model file runs ingest).
+ */
+export interface StageSelection {
+  stages?: string[];
+  placement?: "edge" | "cloud";
+}
+
+export async function loadPipeline(
+  file: string,
+  registry: Registry,
+  env: (k: string) => string | undefined = (k) => process.env[k],
+  select?: StageSelection,
+): Promise<PipelineSpec> {
   const text = await readPipelineText(file);
-  return parsePipeline(text, file, await withUserOperators(text, file, registry), env);
+  return parsePipeline(text, file, await withUserOperators(text, file, registry), env, select);
 }
 
 /**
@@ -198,7 +213,7 @@ async function withUserOperators(text: string, file: string, registry: Registry)
  * @example
  * const spec = parsePipeline("name: d\nstages:\n  - { id: cam, use: ingest, with: { url: a.mp4 } }\n", "inline.yaml", registry, (k) => process.env[k]);
  */
-export function parsePipeline(text: string, file: string, registry: Registry, env: (k: string) => string | undefined): PipelineSpec {
+export function parsePipeline(text: string, file: string, registry: Registry, env: (k: string) => string | undefined, select?: StageSelection): PipelineSpec {
   if (text.length > MAX_PIPELINE_FILE_BYTES || (text.length * 3 > MAX_PIPELINE_FILE_BYTES && new TextEncoder().encode(text).length > MAX_PIPELINE_FILE_BYTES)) {
     throw tooLarge(file, `${new TextEncoder().encode(text).length} bytes`);
   }
@@ -247,6 +262,12 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
     if (!def) {
       const hint = suggest(s.use, [...registry.keys()]);
       reportAt(doc, at, ["stages", i, "use"], `unknown operator "${clip(s.use, MAX_QUOTED_VALUE)}"${hint ? ` (did you mean "${hint}"?)` : ""}; known: ${[...registry.keys()].join(", ")}`);
+      return;
+    }
+    const local = !select || (select.stages ? select.stages.includes(s.id) : s.placement === select.placement || s.placement === "any");
+    if (!local) {
+      // Another node runs it: its options (model files, paths) are that node's to check.
+      resolved[i] = { def, options: s.with ?? {} };
       return;
     }
     const r = v.safeParse(def.options, s.with ?? {}, { abortEarly: false });
