@@ -1,14 +1,20 @@
 /**
  * `framewire serve` under load, in one run: POST /detect throughput and
- * latency with concurrent clients per instance count (the model's fixed
+ * latency with concurrent clients per instance count (yolov5n.onnx's fixed
  * batch of 1 leaves dynamic batching off, so this measures queueing per
- * instance), and infer-triton over loopback against in-process infer-onnx on
- * the same tensors. Client and server share this machine's cores.
+ * instance); /v2/models/{m}/infer with 1, 4 and 16 clients on the
+ * dynamic-batch model (yolov5n-batch.onnx) from a model repository, dynamic
+ * batching on (the seed's preferred sizes and delay) vs off, batch sizes read
+ * from the statistics extension; and infer-triton over loopback against
+ * in-process infer-onnx on the same tensors. Client and server share this
+ * machine's cores.
  */
 import * as v from "valibot";
 import { createServer } from "node:net";
-import { loadavg } from "node:os";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { encodeInferRequest, HEADER_LENGTH } from "../runtime/inference/kserve.ts";
 import type { Frame } from "../runtime/core/message.ts";
 import type { SourceInstance, StageContext, TransformInstance } from "../runtime/core/operator.ts";
 import { createLogger } from "../runtime/core/log.ts";
@@ -19,6 +25,7 @@ import { loadRegistry } from "../runtime/spec/registry.ts";
 import { fmt, markdownTable } from "./table.ts";
 
 const MODEL = join(projectRoot, "models/yolov5n.onnx");
+const BATCH_MODEL = join(projectRoot, "models/yolov5n-batch.onnx");
 const CLIP = join(projectRoot, "pipelines/media/vtest.mp4");
 const IMAGE = join(projectRoot, "../shared/data/images/bus.jpg");
 
@@ -40,10 +47,11 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Starts `framewire serve` and resolves once it listens; stop() kills it by PID. */
+/** Starts `framewire serve` (on yolov5n.onnx unless `args` name a model or repository) and resolves once it listens; stop() kills it by PID. */
 async function startServer(args: string[]): Promise<{ url: string; stop(): Promise<void> }> {
   const port = await freePort();
-  const proc = Bun.spawn(["bun", join(projectRoot, "runtime/cli.ts"), "serve", "--model", MODEL, "--port", String(port), ...args], {
+  const source = args.some((a) => a === "--model" || a === "--model-repository") ? [] : ["--model", MODEL];
+  const proc = Bun.spawn(["bun", join(projectRoot, "runtime/cli.ts"), "serve", ...source, "--port", String(port), ...args], {
     stdout: "ignore",
     stderr: "pipe",
     env: { ...process.env, FRAMEWIRE_LOG: "info" },
@@ -92,6 +100,112 @@ async function detectLoad(url: string, body: Uint8Array, clients: number, total:
   return { rps: total / ((performance.now() - t0) / 1000), p50: h.quantile(0.5), p99: h.quantile(0.99), queueMs: queue / total };
 }
 
+/** The first `max` frames ingest decodes from `options.url`. */
+async function decodeFrames(options: { url: string; fps?: number }, max: number): Promise<Frame[]> {
+  const ingest = await instance<SourceInstance>("ingest", options);
+  const frames: Frame[] = [];
+  const stop = new AbortController();
+  await ingest.run(async (m) => {
+    if (m.kind !== "frame") return;
+    frames.push(m);
+    if (frames.length >= max) stop.abort();
+  }, stop.signal);
+  await ingest.close?.();
+  return frames;
+}
+
+/** A config.pbtxt for yolov5n-batch.onnx: the seed's batching (preferred 4/8/16, 500 µs) when `dynamic`, none otherwise. */
+function benchConfig(name: string, dynamic: boolean): string {
+  return `name: "${name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [ { name: "images", data_type: TYPE_FP32, dims: [ 3, 640, 640 ] } ]
+output [ { name: "output0", data_type: TYPE_FP32, dims: [ 25200, 85 ] } ]
+${dynamic ? "dynamic_batching { preferred_batch_size: [ 4, 8, 16 ], max_queue_delay_microseconds: 500 }\n" : ""}instance_group [ { count: 1, kind: KIND_CPU } ]
+`;
+}
+
+interface InferLoad extends LoadResult {
+  /** Mean items per model execution, from the statistics extension. */
+  batch: number;
+  sizes: string;
+}
+
+/** `total` binary POST /v2/models/{model}/infer requests of one image from `clients` concurrent loops. */
+async function inferLoad(url: string, model: string, tensor: Float32Array, clients: number, total: number): Promise<InferLoad> {
+  const stats = async () => ((await (await fetch(`${url}/v2/models/${model}/stats`)).json()) as { model_stats: ModelStat[] }).model_stats[0];
+  const before = await stats();
+  const req = encodeInferRequest([{ name: "images", datatype: "FP32", shape: [1, 3, 640, 640], data: tensor }], ["output0"], true);
+  const h = new Histogram();
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      while (next++ < total) {
+        const t = performance.now();
+        const res = await fetch(`${url}/v2/models/${model}/infer`, { method: "POST", body: req.body, headers: req.headers });
+        const body = await res.arrayBuffer();
+        if (!res.ok || !res.headers.get(HEADER_LENGTH)) throw new Error(`infer answered ${res.status}: ${new TextDecoder().decode(body).slice(0, 200)}`);
+        h.record(performance.now() - t);
+      }
+    }),
+  );
+  const rps = total / ((performance.now() - t0) / 1000);
+  const after = await stats();
+  const counts = new Map(after.batch_stats.map((b) => [b.batch_size, b.compute_infer.count - (before.batch_stats.find((x) => x.batch_size === b.batch_size)?.compute_infer.count ?? 0)]));
+  const queue = after.inference_stats.queue;
+  return {
+    rps,
+    p50: h.quantile(0.5),
+    p99: h.quantile(0.99),
+    queueMs: (queue.ns - before.inference_stats.queue.ns) / 1e6 / (queue.count - before.inference_stats.queue.count),
+    batch: (after.inference_count - before.inference_count) / (after.execution_count - before.execution_count),
+    sizes: [...counts].filter(([, n]) => n > 0).sort((a, b) => a[0] - b[0]).map(([size, n]) => `${size}×${n}`).join(" "),
+  };
+}
+
+interface ModelStat {
+  inference_count: number;
+  execution_count: number;
+  inference_stats: { queue: { count: number; ns: number } };
+  batch_stats: { batch_size: number; compute_infer: { count: number } }[];
+}
+
+/** /infer throughput and p99 with 1, 4 and 16 clients, dynamic batching on vs off, on one server. */
+async function benchBatching(tensor: Float32Array, requestsPerClient: number): Promise<{ table: string; rows: Map<string, InferLoad> }> {
+  const root = await mkdtemp(join(tmpdir(), "framewire-bench-"));
+  try {
+    for (const [name, dynamic] of [
+      ["batching_on", true],
+      ["batching_off", false],
+    ] as const) {
+      await mkdir(join(root, name, "1"), { recursive: true });
+      await writeFile(join(root, name, "config.pbtxt"), benchConfig(name, dynamic));
+      await symlink(BATCH_MODEL, join(root, name, "1", "model.onnx"));
+    }
+    const server = await startServer(["--model-repository", root]);
+    const rows: (string | number)[][] = [];
+    const results = new Map<string, InferLoad>();
+    try {
+      for (const model of ["batching_on", "batching_off"]) {
+        await inferLoad(server.url, model, tensor, 1, 2); // connections, first runs
+        for (const clients of [1, 4, 16]) {
+          const total = Math.max(8, clients * requestsPerClient);
+          const r = await inferLoad(server.url, model, tensor, clients, total);
+          results.set(`${model}/${clients}`, r);
+          rows.push([model === "batching_on" ? "on (4/8/16, 500 µs)" : "off", clients, total, fmt(r.rps, 2), fmt(r.p50), fmt(r.p99), fmt(r.queueMs), fmt(r.batch, 2), r.sizes]);
+        }
+      }
+    } finally {
+      await server.stop();
+    }
+    const table = markdownTable(["dynamic batching", "clients", "requests", "req/s", "p50 ms", "p99 ms", "mean queue ms", "mean batch", "batches (size×count, from /stats)"], rows);
+    return { table, rows: results };
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+}
+
 /** Mean ms per frame of `infer` over `frames` (one warm-up first). */
 async function perFrame(infer: TransformInstance, frames: Frame[]): Promise<{ mean: number; p99: number }> {
   await infer.process({ ...frames[0], timings: {} });
@@ -125,15 +239,13 @@ export async function benchServe(requests = 48, frames = 30): Promise<string> {
   }
   const load = markdownTable(["instances", "clients", "requests", "req/s", "p50 ms", "p99 ms", "mean queue ms"], rows);
 
+  // The image as the model sees it, for the /infer rounds.
+  const [busFrame] = await decodeFrames({ url: IMAGE }, 1);
+  const busTensor = ((await (await transform("resize", { width: 640, height: 640 })).process(busFrame)) as Frame).tensor!.data;
+  const batching = await benchBatching(busTensor, 3);
+
   // The same tensors through infer-onnx in process and through infer-triton to a local server.
-  const ingest = await instance<SourceInstance>("ingest", { url: CLIP, fps: 5 });
-  const decoded: Frame[] = [];
-  const stop = new AbortController();
-  await ingest.run(async (f) => {
-    if (f.kind !== "frame") return;
-    decoded.push(f);
-    if (decoded.length >= frames) stop.abort();
-  }, stop.signal);
+  const decoded = await decodeFrames({ url: CLIP, fps: 5 }, frames);
   const resize = await transform("resize", { width: 640, height: 640 });
   const tensors = await Promise.all(decoded.map(async (f) => (await resize.process(f)) as Frame));
   const onnx = await transform("infer-onnx", { model: MODEL });
@@ -158,7 +270,14 @@ export async function benchServe(requests = 48, frames = 30): Promise<string> {
   const summary = markdownTable(
     ["measure", "value"],
     [
-      ["dynamic batching", "not measurable with yolov5n.onnx: its batch axis is fixed to 1, so the server queues per instance (the table above)"],
+      [
+        "**dynamic batching on / off, 16 clients** (yolov5n-batch.onnx, 1 instance)",
+        `**${fmt(batching.rows.get("batching_on/16")!.rps / batching.rows.get("batching_off/16")!.rps, 2)}×** req/s; p99 ${fmt(batching.rows.get("batching_on/16")!.p99 / batching.rows.get("batching_off/16")!.p99, 2)}×; mean batch ${fmt(batching.rows.get("batching_on/16")!.batch, 1)}`,
+      ],
+      [
+        "**dynamic batching on / off, 1 client**",
+        `**${fmt(batching.rows.get("batching_on/1")!.rps / batching.rows.get("batching_off/1")!.rps, 2)}×** req/s (nothing to batch with; the 500 µs wait is the cost)`,
+      ],
       ["infer-onnx in process (yolov5n, 640)", `${fmt(local.mean)} ms/frame (p99 ${fmt(local.p99)})`],
       ["infer-triton → framewire serve, binary tensors, loopback", `${fmt(binary.mean)} ms/frame (p99 ${fmt(binary.p99)})`],
       ["infer-triton → framewire serve, JSON tensors (5 frames)", `${fmt(json.mean)} ms/frame`],
@@ -170,5 +289,5 @@ export async function benchServe(requests = 48, frames = 30): Promise<string> {
   );
   // Client, server and anything else running share the cores: the load average says how quiet the machine was.
   const quiet = `host load average (1 min): ${fmt(loadBefore, 2)} at the start, ${fmt(loadavg()[0], 2)} at the end, on ${navigator.hardwareConcurrency} cores`;
-  return `## framewire serve: /detect under load, remote vs in-process inference\n\n${load}\n\n${summary}\n\n${quiet}\n`;
+  return `## framewire serve: /detect under load, /infer with dynamic batching on vs off, remote vs in-process inference\n\n${load}\n\n${batching.table}\n\n${summary}\n\n${quiet}\n`;
 }

@@ -5,7 +5,9 @@ import {
   encodeInferRequest,
   ErrorBody,
   HEADER_LENGTH,
+  parseModelConfig,
   parseModelMetadata,
+  type ModelConfigSummary,
   type ModelMetadata,
   type TensorMetadata,
   type WireDatatype,
@@ -49,6 +51,22 @@ const Options = v.strictObject({
   startTimeout: seconds(30, 0, "Seconds to wait at start for the model to be ready before the stage fails."),
   names: v.optional(
     v.pipe(v.array(v.string()), v.description("Class names; default: from a framewire server's metadata (Triton has none to give).")),
+  ),
+  batch: v.optional(
+    v.pipe(
+      v.number(),
+      v.integer(),
+      v.minValue(1),
+      v.maxValue(1024),
+      v.description(
+        "Most frames in one request. Frames that reach the stage together (replicas, several streams) go as one batch, up to this and the model's max_batch_size from the server's model configuration; 1 sends each frame alone.",
+      ),
+    ),
+    8,
+  ),
+  batchDelay: v.optional(
+    v.pipe(v.number(), v.minValue(0), v.maxValue(1), v.description("Seconds a frame may wait for others to join its request; 0 takes only frames already waiting.")),
+    0,
   ),
   layout: LayoutOption,
 });
@@ -157,6 +175,26 @@ class KServeClient {
     return parseModelMetadata(await res.json());
   }
 
+  /**
+   * The model configuration (Triton's model configuration extension), or why there is none:
+   * a server without the extension answers 404 or 400, and then the stage sends one frame per request.
+   */
+  async config(): Promise<ModelConfigSummary | string> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}${this.modelPath()}/config`, { signal: AbortSignal.timeout(this.o.timeout * 1000) });
+    } catch (err) {
+      return describeFetchError(err, this.o.timeout);
+    }
+    if (!res.ok) return `HTTP ${res.status}: ${await errorText(res)}`;
+    try {
+      return parseModelConfig(await res.json());
+    } catch (err) {
+      // A configuration this stage cannot read is treated as none: one frame per request is always safe.
+      return `unreadable: ${(err as Error).message}`;
+    }
+  }
+
   close(): void {
     this.closed.abort();
   }
@@ -241,15 +279,92 @@ export default defineOperator({
     }
     const classNames = o.names ?? metadataNames(meta) ?? [];
     if (!classNames.length) ctx.log.warn(`model ${o.model} names no classes: detections will carry class ids; set \`names\``);
+    const unbatched = input.shape.length === 3;
+    // How many frames one request may carry: the server's max_batch_size, when it says (model configuration), and `batch`.
+    const config = await client.config();
+    const serverMax = typeof config === "string" ? undefined : config.max_batch_size;
+    const limit = serverMax !== undefined && serverMax > 0 && !unbatched && input.shape[0] === -1 ? Math.min(o.batch, serverMax) : 1;
+    let batching: string;
+    if (typeof config === "string") batching = `no model configuration from the server (${config}): one frame per request`;
+    else {
+      const db = config.dynamic_batching;
+      const dynamic = db ? `, dynamic batching (preferred ${db.preferred_batch_size.join("/") || "none"}, max queue delay ${db.max_queue_delay_microseconds} µs)` : "";
+      batching = `max_batch_size ${config.max_batch_size}${dynamic}: ${limit > 1 ? `up to ${limit} frames per request` : "one frame per request"}`;
+    }
     ctx.log.info(
       `${o.model} ready on ${base} (${meta.platform ?? "unknown platform"}): input ${input.name} [${input.shape}] ${input.datatype}, ` +
-        `output ${output.name} [${output.shape}] ${output.datatype}, ${o.binary ? "binary" : "JSON"} tensors, ${classNames.length} classes`,
+        `output ${output.name} [${output.shape}] ${output.datatype}, ${o.binary ? "binary" : "JSON"} tensors, ${classNames.length} classes; ${batching}`,
     );
-    const unbatched = input.shape.length === 3;
     let checked = false;
     let layout: Predictions["layout"] | undefined;
     let failing = false;
+    let requests = 0;
+    let framesSent = 0;
     const inferPath = `${client.modelPath()}/infer`;
+
+    interface Waiting {
+      frame: Frame & { tensor: NonNullable<Frame["tensor"]> };
+      resolve(r: { data: Float32Array; dims: number[] }): void;
+      reject(err: unknown): void;
+    }
+    let waiting: Waiting[] = [];
+    let timer: ReturnType<typeof setTimeout> | undefined;
+
+    /** One request for `group` (frames of one shape); each frame gets its slice of the output. */
+    const send = async (group: Waiting[]) => {
+      const n = group.length;
+      const first = group[0].frame.tensor;
+      const shape = unbatched ? first.dims.slice(1) : [n, ...first.dims.slice(1)];
+      let data = first.data;
+      if (n > 1) {
+        data = new Float32Array(first.data.length * n);
+        group.forEach((w, i) => data.set(w.frame.tensor.data, i * first.data.length));
+      }
+      try {
+        const req = encodeInferRequest([{ name: input.name, datatype: input.datatype, shape, data }], [output.name], o.binary);
+        let res: Response;
+        try {
+          res = await client.call(inferPath, { method: "POST", body: req.body, headers: req.headers }, `infer ${o.model}`);
+        } catch (err) {
+          if (!failing) ctx.log.warn(`${(err as Error).message}; frames fail until it answers again`);
+          failing = true;
+          throw err;
+        }
+        if (failing) ctx.log.info(`${base} answers again`);
+        failing = false;
+        requests++;
+        framesSent += n;
+        const outs = decodeInferResponse(new Uint8Array(await res.arrayBuffer()), res.headers.get(HEADER_LENGTH));
+        const out = outs.find((t) => t.name === output.name);
+        if (!out)
+          throw new TritonRequestError(200, `the response has no output ${output.name} (got ${outs.map((t) => t.name).join(", ") || "none"})`);
+        const dims = out.shape.length === 2 ? [1, ...out.shape] : out.shape;
+        if (n > 1 && dims[0] !== n) throw new TritonRequestError(200, `the response's output ${output.name} has batch ${dims[0]} for a request of ${n} frames`);
+        const per = out.data.length / n;
+        group.forEach((w, i) => w.resolve({ data: n === 1 ? out.data : out.data.subarray(i * per, (i + 1) * per), dims: n === 1 ? dims : [1, ...dims.slice(1)] }));
+      } catch (err) {
+        for (const w of group) w.reject(err);
+      }
+    };
+    const flush = () => {
+      clearTimeout(timer);
+      timer = undefined;
+      while (waiting.length) {
+        const group = waiting.splice(0, limit);
+        void send(group);
+      }
+    };
+    const submit = (frame: Waiting["frame"]) =>
+      new Promise<{ data: Float32Array; dims: number[] }>((resolve, reject) => {
+        const w = { frame, resolve, reject };
+        if (limit === 1) return void send([w]);
+        // Only frames of one shape share a request.
+        if (waiting.length && waiting[0].frame.tensor.dims.join() !== frame.tensor.dims.join()) flush();
+        waiting.push(w);
+        if (waiting.length >= limit) flush();
+        else timer ??= setTimeout(flush, o.batchDelay * 1000);
+      });
+
     return {
       async process(msg) {
         if (msg.kind !== "frame") return msg;
@@ -264,31 +379,9 @@ export default defineOperator({
             );
           checked = true;
         }
-        const req = encodeInferRequest(
-          [{ name: input.name, datatype: input.datatype, shape, data: f.tensor.data }],
-          [output.name],
-          o.binary,
-        );
-        let res: Response;
-        try {
-          res = await client.call(inferPath, { method: "POST", body: req.body, headers: req.headers }, `infer ${o.model}`);
-        } catch (err) {
-          if (!failing) ctx.log.warn(`${(err as Error).message}; frames fail until it answers again`);
-          failing = true;
-          throw err;
-        }
-        if (failing) ctx.log.info(`${base} answers again`);
-        failing = false;
-        const outs = decodeInferResponse(new Uint8Array(await res.arrayBuffer()), res.headers.get(HEADER_LENGTH));
-        const out = outs.find((t) => t.name === output.name);
-        if (!out)
-          throw new TritonRequestError(
-            200,
-            `the response has no output ${output.name} (got ${outs.map((t) => t.name).join(", ") || "none"})`,
-          );
-        const dims = out.shape.length === 2 ? [1, ...out.shape] : out.shape;
-        layout ??= detectLayout(dims, o.layout);
-        return derive(f, { predictions: { layout, dims, data: out.data, classNames, model: o.model } });
+        const out = await submit(f as Waiting["frame"]);
+        layout ??= detectLayout(out.dims, o.layout);
+        return derive(f, { predictions: { layout, dims: out.dims, data: out.data, classNames, model: o.model } });
       },
       metrics: () => [
         {
@@ -297,8 +390,18 @@ export default defineOperator({
           type: "counter" as const,
           value: client.retries,
         },
+        { name: "infer_triton_requests_total", help: "Inference requests answered.", type: "counter" as const, value: requests },
+        { name: "infer_triton_frames_total", help: "Frames in the requests answered (frames / requests = mean batch).", type: "counter" as const, value: framesSent },
+        {
+          name: "infer_triton_max_batch_size",
+          help: "The model's max_batch_size from the server's model configuration (0: no batch axis; -1: the server offers no configuration).",
+          type: "gauge" as const,
+          value: serverMax ?? -1,
+        },
+        { name: "infer_triton_batch_limit", help: "Most frames this stage puts in one request.", type: "gauge" as const, value: limit },
       ],
       async close() {
+        flush();
         client.close();
       },
     };

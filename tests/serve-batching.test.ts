@@ -140,7 +140,7 @@ describe("framewire serve with a dynamic-batch model", () => {
   };
 
   test("announces dynamic batching; metadata has a -1 batch axis; /detect is not offered", async () => {
-    expect(server.child.stderr()).toContain("identity: dynamic batching on (max batch 8, preferred 4, max queue delay 10000000 µs)");
+    expect(server.child.stderr()).toContain("identity version 1: dynamic batching on (max batch 8, preferred 4, max queue delay 10000000 µs)");
     const meta = await json(await fetch(`${server.url}/v2/models/identity`));
     expect(meta.inputs).toEqual([{ name: "x", datatype: "FP32", shape: [-1, 4] }]);
     expect(meta.outputs).toEqual([{ name: "y", datatype: "FP32", shape: [-1, 4] }]);
@@ -155,9 +155,9 @@ describe("framewire serve with a dynamic-batch model", () => {
     expect(answers.map((a) => a.rows)).toEqual(sent);
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     // Warm-up runs outside the batcher: the only batch is the one of four.
-    expect(metrics).toContain('framewire_serve_batch_size_bucket{le="2",model="identity"} 0');
-    expect(metrics).toContain('framewire_serve_batch_size_bucket{le="4",model="identity"} 1');
-    expect(metrics).toContain('framewire_serve_batch_size_count{model="identity"} 1');
+    expect(metrics).toContain('framewire_serve_batch_size_bucket{le="2",model="identity",version="1"} 0');
+    expect(metrics).toContain('framewire_serve_batch_size_bucket{le="4",model="identity",version="1"} 1');
+    expect(metrics).toContain('framewire_serve_batch_size_count{model="identity",version="1"} 1');
   });
 
   test("a request of 4 rows is a preferred batch by itself; more than max batch is a 400", async () => {

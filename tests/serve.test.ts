@@ -8,7 +8,8 @@ import { readBytes } from "../runtime/platform/index.ts";
 import { loadRegistry } from "../runtime/spec/registry.ts";
 import { createServeApp } from "../runtime/serve/app.ts";
 import { createServeMetrics } from "../runtime/serve/metrics.ts";
-import { loadServedModel } from "../runtime/serve/model.ts";
+import { ModelRepository } from "../runtime/serve/repository.ts";
+import { FileSource } from "../runtime/serve/sources.ts";
 import { makeTransform, readAll, step } from "./support/operators.ts";
 import { busImage, fp16ModelFile, modelFile, repoRoot, zidaneImage } from "./support/paths.ts";
 import { captureLog } from "./support/pipeline.ts";
@@ -59,7 +60,10 @@ describe("framewire serve: KServe v2 endpoints", () => {
     expect(server.child.stderr()).toContain("has a fixed batch of 1, so dynamic batching is off");
     expect((await fetch(`${server.url}/v2/health/live`)).status).toBe(200);
     expect(await json(await fetch(`${server.url}/v2/health/ready`))).toEqual({ ready: true });
-    expect(await json(await fetch(`${server.url}/v2`))).toMatchObject({ name: "framewire", extensions: ["binary_tensor_data"] });
+    expect(await json(await fetch(`${server.url}/v2`))).toMatchObject({
+      name: "framewire",
+      extensions: expect.arrayContaining(["binary_tensor_data", "model_configuration", "statistics", "model_repository"]),
+    });
     const meta = await json(await fetch(`${server.url}/v2/models/yolov5n`));
     expect(meta).toMatchObject({
       name: "yolov5n",
@@ -75,7 +79,7 @@ describe("framewire serve: KServe v2 endpoints", () => {
     for (const path of ["/v2/models/resnet", "/v2/models/yolov5n/versions/7/ready", "/v2/models/resnet/infer"]) {
       const res = await fetch(`${server.url}${path}`, path.endsWith("infer") ? { method: "POST", body: "{}" } : {});
       expect(res.status).toBe(404);
-      expect((await json(res)).error).toContain("this server has yolov5n");
+      expect((await json(res)).error).toContain("this server has yolov5n (version 1)");
     }
   });
 
@@ -102,10 +106,44 @@ describe("framewire serve: KServe v2 endpoints", () => {
     const req = encodeInferRequest([{ name: "images", datatype: "FP32", shape: [1, 3, 2, 2], data: new Float32Array(12) }], ["output0"], false);
     const res = await fetch(`${server.url}/v2/models/yolov5n/infer`, { method: "POST", body: req.body, headers: req.headers });
     expect(res.status).toBe(400);
-    expect((await json(res)).error).toBe("input images has shape [1,3,640,640] (a fixed batch of 1), got [1,3,2,2]");
+    expect((await json(res)).error).toBe("input images has shape [1,3,640,640] (max_batch_size 0: exactly this shape), got [1,3,2,2]");
     const broken = await fetch(`${server.url}/v2/models/yolov5n/infer`, { method: "POST", body: '{"inputs": [{"name": "images"}]}' });
     expect(broken.status).toBe(400);
     expect((await json(broken)).error).toContain("inference request: inputs.0.shape");
+  });
+});
+
+describe("framewire serve: Triton's extensions for the one-model shorthand", () => {
+  test("config and stats of --model; the index lists it; load and unload are refused in model control mode none", async () => {
+    const config = await json(await fetch(`${server.url}/v2/models/yolov5n/config`));
+    expect(config).toMatchObject({
+      name: "yolov5n",
+      platform: "onnxruntime_onnx",
+      backend: "onnxruntime",
+      max_batch_size: 0,
+      input: [{ name: "images", data_type: "TYPE_FP32", dims: [1, 3, 640, 640] }],
+      output: [{ name: "output0", data_type: "TYPE_FP32", dims: [1, 25200, 85] }],
+      instance_group: [{ name: "yolov5n_0", kind: "KIND_CPU", count: 1 }],
+    });
+    // A fixed batch of 1 is no batch axis for Triton: no dynamic batching.
+    expect(config.dynamic_batching).toBeUndefined();
+
+    const statsOf = async () => (await json(await fetch(`${server.url}/v2/models/yolov5n/stats`))).model_stats[0];
+    const before = await statsOf();
+    const req = encodeInferRequest([{ name: "images", datatype: "FP32", shape: [1, 3, 640, 640], data: new Float32Array(3 * 640 * 640) }], ["output0"], true);
+    expect((await fetch(`${server.url}/v2/models/yolov5n/infer`, { method: "POST", body: req.body, headers: req.headers })).status).toBe(200);
+    const after = await statsOf();
+    expect([after.inference_count - before.inference_count, after.execution_count - before.execution_count]).toEqual([1, 1]);
+    const ones = (s: any) => s.batch_stats.find((b: { batch_size: number }) => b.batch_size === 1)?.compute_infer.count ?? 0;
+    expect(ones(after) - ones(before)).toBe(1);
+
+    const index = await fetch(`${server.url}/v2/repository/index`, { method: "POST" });
+    expect(await index.json()).toEqual([{ name: "yolov5n", version: "1", state: "READY", reason: "" }]);
+    for (const op of ["load", "unload"]) {
+      const res = await fetch(`${server.url}/v2/repository/models/yolov5n/${op}`, { method: "POST" });
+      expect(res.status).toBe(400);
+      expect((await json(res)).error).toBe(`explicit model ${op} is not allowed with --model-control-mode none; start the server with --model-control-mode explicit`);
+    }
   });
 });
 
@@ -200,15 +238,16 @@ describe("framewire serve: POST /detect", () => {
       expect((await json(res)).error).toMatch(/^image declares (60000x60000|9000x9000) pixels/);
     }
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
-    expect(metrics).toMatch(/framewire_serve_images_rejected_total\{reason="dimensions",model="yolov5n"\} 3/);
+    expect(metrics).toMatch(/framewire_serve_images_rejected_total\{reason="dimensions"\} 3/);
   });
 
   test("/metrics counts requests by route and code, and shows the queue and batch sizes", async () => {
     const text = await (await fetch(`${server.url}/metrics`)).text();
     expect(text).toMatch(/framewire_serve_requests_total\{route="\/detect",code="200",model="yolov5n"\} [1-9]/);
     expect(text).toMatch(/framewire_serve_requests_total\{route="\/detect",code="415",model="yolov5n"\} 2/);
-    expect(text).toContain("framewire_serve_queue_depth{model=\"yolov5n\"} 0");
-    expect(text).toMatch(/framewire_serve_batch_size_bucket\{le="1",model="yolov5n"\} [1-9]/);
+    expect(text).toContain('framewire_serve_queue_depth{model="yolov5n",version="1"} 0');
+    expect(text).toContain('framewire_serve_instances{model="yolov5n",version="1"} 1');
+    expect(text).toMatch(/framewire_serve_batch_size_bucket\{le="1",model="yolov5n",version="1"\} [1-9]/);
     expect(text).toContain("framewire_serve_process_cpu_seconds_total");
   });
 });
@@ -240,13 +279,13 @@ describe("framewire serve: start and stop", () => {
 
   test("a drain lets the request in progress finish, then answers 503", async () => {
     const log = captureLog("serve");
-    const model = await loadServedModel(
-      { model: modelFile, instances: 1, threads: 0, maxBatch: 32, preferredBatch: [], maxQueueDelayUs: 0, maxQueue: 8, size: 640 },
-      log,
-    );
+    const defaults = { maxBatchSize: 32, dynamicBatching: { preferred: [], maxQueueDelayUs: 0 }, maxQueue: 8, instances: 1, size: 640 };
+    const repository = new ModelRepository(new FileSource(modelFile, undefined, defaults, 0), "none", log);
+    await repository.loadAtStart("*");
+    const model = repository.get("yolov5n");
     const app = await createServeApp({
-      model,
-      metrics: createServeMetrics(model),
+      repository,
+      metrics: createServeMetrics(repository),
       registry: await loadRegistry(),
       log,
       limits: DEFAULT_LIMITS,
@@ -266,6 +305,6 @@ describe("framewire serve: start and stop", () => {
     expect((await app.fetch(new Request("http://serve/v2/health/ready"))).status).toBe(503);
     const late = await detect();
     expect([late.status, await json(late)]).toEqual([503, { error: "the server is shutting down" }]);
-    await model.close();
+    await repository.close();
   });
 });

@@ -9,6 +9,8 @@ import { makeTransform, readAll, step } from "./support/operators.ts";
 import { busImage, modelFile, sampleVideo, zidaneImage } from "./support/paths.ts";
 import { freePort } from "./support/ports.ts";
 import { json, startServe, type ServeProcess } from "./support/serve.ts";
+import { batchModelFile, seedConfig, writeRepository } from "./support/repository.ts";
+import { tempDir } from "./support/paths.ts";
 
 setDefaultTimeout(60_000);
 
@@ -48,7 +50,9 @@ describe("infer-triton against framewire serve", () => {
     test(`${binary ? "binary" : "JSON"} tensors: the same detections as infer-onnx on the same frames`, async () => {
       const made = await makeTransform("infer-triton", { url: server.url, model: "yolov5n", binary });
       const triton = made.instance;
-      expect(made.log.text()).toContain(`yolov5n ready on ${server.url} (onnxruntime_onnx): input images [1,3,640,640] FP32, output output0 [1,25200,85] FP32, ${binary ? "binary" : "JSON"} tensors, 80 classes`);
+      expect(made.log.text()).toContain(
+        `yolov5n ready on ${server.url} (onnxruntime_onnx): input images [1,3,640,640] FP32, output output0 [1,25200,85] FP32, ${binary ? "binary" : "JSON"} tensors, 80 classes; max_batch_size 0: one frame per request`,
+      );
       // JSON tensors are ~10× larger: two frames are enough to compare.
       for (const f of binary ? frames : frames.slice(0, 2)) {
         const want = (await detectWith(onnx, f)).detections!;
@@ -154,14 +158,78 @@ describe("infer-triton against a server that speaks like Triton", () => {
   test("503s are retried with backoff; the retries show in the stage's metrics", async () => {
     const made = await makeTransform("infer-triton", { url: `http://127.0.0.1:${stub.port}`, model: "yolo_trt", retries: 2, retryDelay: 0.01 });
     expect(made.log.text()).toContain("names no classes: detections will carry class ids; set `names`");
+    // This server has no model configuration extension: frames go one per request, whatever `batch` says.
+    expect(made.log.text()).toContain("no model configuration from the server (HTTP 404: 404 Not Found): one frame per request");
     overloaded = 2;
     const f = await detectWith(made.instance, frames[0]);
     expect(f.detections!.some((d) => d.class === "5")).toBe(true); // the bus, by class id
     const metrics = made.instance.metrics!() as OperatorMetric[];
-    expect(metrics).toEqual([{ name: "infer_triton_retries_total", help: expect.any(String), type: "counter", value: 2 }]);
+    expect(metrics.find((m) => m.name === "infer_triton_retries_total")).toEqual({ name: "infer_triton_retries_total", help: expect.any(String), type: "counter", value: 2 });
     overloaded = 3;
     const err = await failure(Promise.resolve(made.instance.process(await step(prep, copy(frames[0])))));
     expect(err.message).toBe(`infer yolo_trt: http://127.0.0.1:${stub.port} failed after 3 attempt(s): HTTP 503: Server is overloaded`);
     await made.instance.close?.();
+  });
+});
+
+describe("infer-triton reads the model configuration", () => {
+  let repoServer: ServeProcess;
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  beforeAll(async () => {
+    dir = await tempDir();
+    const names = JSON.parse((await json(await fetch(`${server.url}/v2/models/yolov5n`))).parameters.class_names) as string[];
+    // The seed's config (max_batch_size 32, preferred 4/8/16, 500 µs) with one instance: enough here.
+    await writeRepository(dir.path, {
+      yolov5: { config: seedConfig().replace("count: 4", "count: 1"), versions: { "1": batchModelFile }, files: { "labels.txt": names.join("\n") } },
+    });
+    repoServer = await startServe(["--model-repository", dir.path]);
+  });
+  afterAll(async () => {
+    await repoServer?.stop();
+    await dir?.remove();
+  });
+
+  const stats = async () => (await json(await fetch(`${repoServer.url}/v2/models/yolov5/stats`))).model_stats[0];
+
+  test("max_batch_size 32 with dynamic batching: frames that arrive together go as one request, each gets its own detections", async () => {
+    const made = await makeTransform("infer-triton", { url: repoServer.url, model: "yolov5", batch: 4 });
+    expect(made.log.text()).toContain(
+      `yolov5 ready on ${repoServer.url} (onnxruntime_onnx): input images [-1,3,640,640] FP32, output output0 [-1,25200,85] FP32, binary tensors, 80 classes; ` +
+        "max_batch_size 32, dynamic batching (preferred 4/8/16, max queue delay 500 µs): up to 4 frames per request",
+    );
+    const before = await stats();
+    const four = await Promise.all(frames.slice(0, 4).map((f) => step(prep, copy(f))));
+    // As a stage with replicas: four frames in the stage at once.
+    const results = await Promise.all(four.map((f) => step(made.instance, f)));
+    const after = await stats();
+    expect(after.inference_stats.success.count - before.inference_stats.success.count).toBe(1);
+    expect(after.inference_count - before.inference_count).toBe(4);
+    expect(after.batch_stats.find((b: { batch_size: number }) => b.batch_size === 4)?.compute_infer.count).toBe(1);
+    for (const [i, f] of frames.slice(0, 4).entries()) {
+      const want = (await detectWith(onnx, f)).detections!;
+      const got = (await step(nms, results[i])).detections!;
+      expect(got.length).toBeGreaterThan(0);
+      expect(got.map((d) => d.class)).toEqual(want.map((d) => d.class));
+      got.forEach((d, k) => expect(d.score).toBeCloseTo(want[k].score, 3));
+    }
+    const metrics = Object.fromEntries((made.instance.metrics!() as OperatorMetric[]).map((m) => [m.name, "value" in m ? m.value : undefined]));
+    expect(metrics).toMatchObject({ infer_triton_requests_total: 1, infer_triton_frames_total: 4, infer_triton_max_batch_size: 32, infer_triton_batch_limit: 4 });
+    // One frame at a time is still one frame per request.
+    await step(made.instance, await step(prep, copy(frames[4])));
+    expect((await stats()).inference_stats.success.count - after.inference_stats.success.count).toBe(1);
+    await made.instance.close?.();
+  });
+
+  test("batch: 1 sends each frame alone; the server's max_batch_size caps a larger batch", async () => {
+    const alone = await makeTransform("infer-triton", { url: repoServer.url, model: "yolov5", batch: 1 });
+    expect(alone.log.text()).toContain("max_batch_size 32, dynamic batching (preferred 4/8/16, max queue delay 500 µs): one frame per request");
+    const before = await stats();
+    const two = await Promise.all(frames.slice(0, 2).map((f) => step(prep, copy(f))));
+    await Promise.all(two.map((f) => step(alone.instance, f)));
+    expect((await stats()).inference_stats.success.count - before.inference_stats.success.count).toBe(2);
+    await alone.instance.close?.();
+    const capped = await makeTransform("infer-triton", { url: repoServer.url, model: "yolov5", batch: 100 });
+    expect(capped.log.text()).toContain("up to 32 frames per request");
+    await capped.instance.close?.();
   });
 });

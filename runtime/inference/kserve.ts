@@ -68,6 +68,26 @@ export const InferResponseHeader = v.object({
   ),
 });
 
+/** An int64 in Triton's JSON: a number, or a decimal string (protobuf's JSON mapping). */
+const Int64 = v.union([v.pipe(v.number(), v.integer()), v.pipe(v.string(), v.regex(/^-?\d+$/), v.transform(Number))]);
+
+/**
+ * What a client reads from `GET /v2/models/{name}/config` (Triton's model
+ * configuration extension): batching settings; other keys are ignored.
+ */
+export const ModelConfigSummary = v.object({
+  name: v.optional(v.string()),
+  platform: v.optional(v.string()),
+  max_batch_size: v.optional(Int64, 0),
+  dynamic_batching: v.optional(
+    v.object({
+      preferred_batch_size: v.optional(v.array(Int64), []),
+      max_queue_delay_microseconds: v.optional(Int64, 0),
+    }),
+  ),
+});
+export type ModelConfigSummary = v.InferOutput<typeof ModelConfigSummary>;
+
 /** `{"error": "..."}`, the protocol's error body. */
 export const ErrorBody = v.object({ error: v.string() });
 
@@ -260,6 +280,16 @@ export function encodeInferResponse(model: string, version: string, id: string |
 export function decodeInferResponse(body: Uint8Array, headerLength: string | null): WireTensor[] {
   const { json, binary } = split(body, headerLength);
   return readTensors(parse(InferResponseHeader, json, "inference response").outputs, binary);
+}
+
+/**
+ * Validates a model configuration document (the batching part of it).
+ * @throws KServeProtocolError naming the bad field.
+ * @example
+ * const { max_batch_size, dynamic_batching } = parseModelConfig(await (await fetch(`${url}/v2/models/yolov5/config`)).json());
+ */
+export function parseModelConfig(json: unknown): ModelConfigSummary {
+  return parse(ModelConfigSummary, json, "model configuration");
 }
 
 /**

@@ -15,13 +15,41 @@ export type OverloadedError = InstanceType<typeof OverloadedError>;
 export const ShuttingDownError = codedError("ShuttingDownError", "E_SHUTTING_DOWN");
 export type ShuttingDownError = InstanceType<typeof ShuttingDownError>;
 
-/** Runs one model instance on `batch` items laid out back to back; output dim 0 is the batch. */
-export type Runner = (input: Float32Array, batch: number) => Promise<{ data: Float32Array; dims: number[] }>;
+/**
+ * Runs one model instance on `batch` items laid out back to back; output dim 0 is the batch.
+ * An instance on another thread may say when the model itself started and ended (ms since the epoch).
+ */
+export type Runner = (input: Float32Array, batch: number) => Promise<{ data: Float32Array; dims: number[]; startedAt?: number; endedAt?: number }>;
+
+/** Where one batch's time went, in ms (Triton's compute_input / compute_infer / compute_output). */
+export interface BatchPhases {
+  /** From taking the batch until the model started: assembling the input and handing it to the instance. */
+  inputMs: number;
+  /** The model run. */
+  inferMs: number;
+  /** From the model's end until each request had its slice of the output. */
+  outputMs: number;
+}
+
+/** One executed batch, as batch listeners see it. */
+export interface BatchTimings extends BatchPhases {
+  size: number;
+}
+
+/** Splits a batch's time into phases, on the instance's own clock when it gave one. */
+function phases(start: number, assembled: number, returned: number, end: number, out: { startedAt?: number; endedAt?: number }): BatchPhases {
+  if (out.startedAt === undefined || out.endedAt === undefined) return { inputMs: assembled - start, inferMs: returned - assembled, outputMs: end - returned };
+  const epoch = performance.timeOrigin;
+  // Clocks of two threads can disagree by a little: no phase goes below zero.
+  const inputMs = Math.max(0, out.startedAt - (epoch + start));
+  const inferMs = Math.max(0, out.endedAt - out.startedAt);
+  return { inputMs, inferMs, outputMs: Math.max(0, end - start - inputMs - inferMs) };
+}
 
 export interface BatcherOptions {
   /** Floats per batch item (product of the input's non-batch dims). */
   itemSize: number;
-  /** True when the model takes any batch size up to maxBatch; false runs requests one at a time. */
+  /** True to combine queued requests into batches of up to maxBatch items; false runs each request alone. */
   dynamic: boolean;
   maxBatch: number;
   /** Batch sizes to dispatch as soon as the queue can form one (largest first). */
@@ -31,13 +59,11 @@ export interface BatcherOptions {
   maxQueue: number;
 }
 
-export interface BatchResult {
+export interface BatchResult extends BatchPhases {
   data: Float32Array;
   dims: number[];
   /** Time from submit until an instance took the request. */
   queueMs: number;
-  /** Time the instance spent on the whole batch. */
-  inferMs: number;
   /** Items in the batch this request ran in. */
   batchSize: number;
 }
@@ -63,8 +89,7 @@ export class Batcher {
   private preferred: number[];
   /** Items waiting in the queue. */
   queued = 0;
-  /** Called after every batch (the metrics hook). */
-  onBatch: (size: number, inferMs: number) => void = () => {};
+  private listeners: ((b: BatchTimings) => void)[] = [];
 
   constructor(
     private runners: Runner[],
@@ -75,6 +100,15 @@ export class Batcher {
     this.preferred = [...new Set(o.preferred)].filter((p) => p <= o.maxBatch).sort((a, b) => b - a);
   }
 
+  /**
+   * Calls `fn` after every executed batch (statistics and metrics).
+   * @example
+   * batcher.onBatch((b) => histogram.observe(b.size));
+   */
+  onBatch(fn: (b: BatchTimings) => void): void {
+    this.listeners.push(fn);
+  }
+
   /** Instances running a batch now. */
   get busy(): number {
     return this.runners.length - this.free.length;
@@ -82,6 +116,7 @@ export class Batcher {
 
   /**
    * Queues `batch` items (`data` holds batch × itemSize floats) and resolves with their slice of the output.
+   * The batcher owns `data` from here on (an instance on another thread may take its buffer).
    * @throws OverloadedError when the queue is full, ShuttingDownError after close().
    */
   submit(data: Float32Array, batch: number): Promise<BatchResult> {
@@ -158,18 +193,22 @@ export class Batcher {
         off += j.data.length;
       }
     }
+    const assembled = performance.now();
     try {
       const out = await runner(input, batch);
-      const inferMs = performance.now() - start;
-      this.onBatch(batch, inferMs);
-      if (out.dims[0] !== batch) throw new Error(`model returned batch ${out.dims[0]} for a batch of ${batch}`);
+      const returned = performance.now();
+      if (this.o.dynamic && out.dims[0] !== batch) throw new Error(`model returned batch ${out.dims[0]} for a batch of ${batch}`);
       const per = out.data.length / batch;
       let at = 0;
-      for (const j of jobs) {
+      const slices = jobs.map((j) => {
         const data = jobs.length === 1 ? out.data : out.data.subarray(at * per, (at + j.batch) * per);
         at += j.batch;
-        j.resolve({ data, dims: [j.batch, ...out.dims.slice(1)], queueMs: start - j.enqueued, inferMs, batchSize: batch });
-      }
+        return { data, dims: jobs.length === 1 ? out.dims : [j.batch, ...out.dims.slice(1)] };
+      });
+      const t = phases(start, assembled, returned, performance.now(), out);
+      const timings: BatchTimings = { size: batch, ...t };
+      for (const l of this.listeners) l(timings);
+      jobs.forEach((j, i) => j.resolve({ ...slices[i], queueMs: start - j.enqueued, ...t, batchSize: batch }));
     } catch (err) {
       for (const j of jobs) j.reject(err);
     } finally {

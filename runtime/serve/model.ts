@@ -1,123 +1,202 @@
 /**
- * A model as `framewire serve` serves it: N onnxruntime sessions (Triton's
- * instance count), each on its own inference thread, behind one batcher, with
- * the KServe metadata clients see.
+ * One version of a model as `framewire serve` serves it: the instances its
+ * config asks for (instance_group; each an onnxruntime session on its own
+ * thread), the config completed against the model, warm-up (model_warmup, or
+ * one zero batch per instance), a batcher in front (dynamic_batching), its
+ * statistics, and the KServe metadata clients see.
  */
-import { cpus } from "node:os";
+import * as ort from "onnxruntime-node";
 import { basename } from "node:path";
 import { ConfigError } from "../core/errors.ts";
 import type { TensorMetadata } from "../inference/kserve.ts";
 import type { Logger } from "../core/log.ts";
+import type { Provider } from "../inference/onnx-model.ts";
 import { Batcher, type Runner } from "./batcher.ts";
-import { OnnxThread } from "../inference/onnx-thread.ts";
+import type { ConfigDraft } from "./config.ts";
+import { completeConfig, instancePlan, threadsFor, type AutoDefaults, type ServeConfig, type WarmupSample } from "./config-complete.ts";
+import type { ResolvedKinds } from "./config-json.ts";
+import { ServeInstance } from "./instance.ts";
+import { ModelStats } from "./stats.ts";
 
-export interface ServeModelOptions {
-  /** A path, or a file name under models/. */
-  model: string;
-  /** Name clients use in /v2/models/{name}; default: the file name without .onnx. */
-  name?: string;
-  instances: number;
-  /** Intra-op threads per instance; 0 shares the cores out among the instances. */
+/** What loading one version needs. */
+export interface VersionPlan {
+  name: string;
+  version: string;
+  /** The model file: a path, or a file name under models/. */
+  file: string;
+  /** The model's directory in a repository (labels, warm-up files); undefined for a lone file. */
+  dir?: string;
+  draft: ConfigDraft;
+  defaults: AutoDefaults;
+  /** Intra-op threads per instance when the config does not say; 0 shares the cores out. */
   threads: number;
-  maxBatch: number;
-  preferredBatch: number[];
-  maxQueueDelayUs: number;
-  maxQueue: number;
-  /** Input height and width used when the model leaves them dynamic. */
-  size: number;
 }
 
 export interface ServedModel {
   name: string;
   version: string;
+  /** The model file as loaded. */
   file: string;
-  /** Input and output as KServe metadata: -1 marks the dynamic batch axis. */
+  config: ServeConfig;
+  /** The kind each instance group runs as (a KIND_GPU group without CUDA runs on the CPU and says so in the log). */
+  kinds: ResolvedKinds;
+  /** Input and output as KServe metadata: -1 marks the batch axis. */
   input: TensorMetadata;
   output: TensorMetadata;
   classNames: string[];
-  /** True when requests are batched together (the model has a dynamic batch axis). */
-  dynamic: boolean;
-  maxBatch: number;
   batcher: Batcher;
+  stats: ModelStats;
+  /** Instances running (threads with a session each). */
+  instances: number;
   /** Model input size for POST /detect, or why this model cannot serve it. */
   detector: { width: number; height: number } | { unavailable: string };
+  /** Finishes what is queued, then releases every session and ends their threads. */
   close(): Promise<void>;
 }
 
-/** -1 for symbolic or unknown dims, as KServe metadata writes them. */
-const dimOf = (d: number | string) => (typeof d === "number" && d > 0 ? d : -1);
+const cudaBundled = () => ort.listSupportedBackends().some((b) => b.name === "cuda" && b.bundled);
+/** Whether the CUDA provider loaded the last time an instance tried it (undefined: not tried yet in this process). */
+let cudaLoads: boolean | undefined;
+
+/** Execution providers to try for an instance group's kind; the CPU is always the last resort. */
+function providersFor(kind: string): Provider[] {
+  if (kind === "KIND_CPU" || cudaLoads === false) return ["cpu"];
+  if (kind === "KIND_GPU") return ["cuda", "cpu"];
+  return cudaBundled() ? ["cuda", "cpu"] : ["cpu"];
+}
+
+/** A logger that says each distinct warning once (N instances fail over to the CPU the same way). */
+function once(log: Logger): Logger {
+  const said = new Set<string>();
+  return {
+    ...log,
+    warn: (m) => {
+      if (!said.has(m)) log.warn(m);
+      said.add(m);
+    },
+  };
+}
+
+/** One batch item's worth of warm-up input, repeated to the batch size. */
+function warmupInput(s: WarmupSample, itemSize: number): Float32Array {
+  const out = new Float32Array(itemSize * s.batchSize);
+  if (s.data === "random") for (let i = 0; i < out.length; i++) out[i] = Math.random();
+  else if (s.data !== "zero") for (let b = 0; b < s.batchSize; b++) out.set(s.data, b * itemSize);
+  return out;
+}
 
 /**
- * Loads `instances` sessions of a model (a worker thread each), warms each
- * up, and puts a batcher in front.
- * @throws ConfigError when the model cannot be served (missing, float16, dynamic non-batch dims).
+ * Loads one version: its instances, checked config, warm-up and batcher.
+ * @throws ModelConfigError (file:line) when the config disagrees with the model; ConfigError when the model cannot be served.
  * @example
- * const m = await loadServedModel({ model: "yolov5n.onnx", instances: 1, threads: 0, maxBatch: 32, preferredBatch: [4, 8, 16], maxQueueDelayUs: 500, maxQueue: 64, size: 640 }, log);
+ * const m = await loadServedModel({ name: "yolov5", version: "1", file: "repo/yolov5/1/model.onnx", dir: "repo/yolov5", draft, defaults, threads: 0 }, log);
+ * const { data, dims } = await m.batcher.submit(tensor, 1);
  */
-export async function loadServedModel(o: ServeModelOptions, log: Logger): Promise<ServedModel> {
-  const threads = o.threads || Math.max(1, Math.floor(cpus().length / o.instances));
-  const instances: OnnxThread[] = [];
-  const release = () => instances.forEach((i) => i.close());
+export async function loadServedModel(plan: VersionPlan, log: Logger): Promise<ServedModel> {
+  const { name, version, draft } = plan;
+  const quiet = once(log);
+  const groups = instancePlan(draft.config, name, plan.defaults.instances);
+  const total = groups.reduce((a, g) => a + g.count, 0);
+  const threads = threadsFor(draft.config, total, plan.threads);
+  const instances: ServeInstance[] = [];
+  const kinds = new Map<string, "KIND_CPU" | "KIND_GPU">();
+  const release = () => Promise.all(instances.map((i) => i.release()));
+  let config: ServeConfig;
   try {
     // One at a time: peak memory stays at one model being optimised.
-    for (let i = 0; i < o.instances; i++) instances.push(await OnnxThread.start({ model: o.model, providers: ["cpu"], threads }, log));
+    for (const g of groups) {
+      for (let i = 0; i < g.count; i++) {
+        const providers = providersFor(g.kind);
+        const inst = await ServeInstance.start({ model: plan.file, providers, threads }, quiet);
+        instances.push(inst);
+        // One failed try is enough: later instances do not print onnxruntime's error again.
+        if (providers.includes("cuda")) cudaLoads = inst.info.provider === "cuda";
+        kinds.set(g.name, inst.info.provider === "cpu" ? "KIND_CPU" : "KIND_GPU");
+        if (g.kind === "KIND_GPU" && inst.info.provider === "cpu" && i === 0) {
+          quiet.warn(`${name} version ${version}: instance_group ${g.name} is KIND_GPU, but no CUDA execution provider loads in this onnxruntime-node build; its ${g.count} instance(s) run on the CPU`);
+        }
+        if (instances.length === 1) {
+          const info = inst.info;
+          config = await completeConfig(draft, name, { ...info, file: basename(info.file) }, plan.defaults, plan.dir, threads);
+        }
+      }
+    }
   } catch (err) {
-    release();
+    await release();
     throw err;
   }
-  const first = instances[0].info;
-  const file = basename(first.file);
-  const name = o.name ?? file.replace(/\.onnx$/i, "");
-  const inDims = first.inputDims.map(dimOf);
-  const outDims = first.outputDims.map(dimOf);
-  // Height and width of an image model may be dynamic: --size fixes them, as every request must then match.
-  const shape = inDims.map((d, i) => (d === -1 && i >= 2 && inDims.length === 4 ? o.size : d));
-  const bad = shape.findIndex((d, i) => i > 0 && d === -1);
-  if (bad >= 0) {
-    release();
-    throw new ConfigError(`${file}: input dim ${bad} of [${first.inputDims.join(", ")}] is dynamic; framewire serve needs fixed dims besides the batch`);
+  config = config!;
+  const info = instances[0].info;
+  const batched = config.maxBatchSize > 0;
+  const itemSize = config.input.dims.reduce((a, d) => a * d, 1);
+  const runners: Runner[] = instances.map((inst) => (input, batch) => inst.run(input, batched ? [batch, ...config.input.dims] : config.input.dims));
+
+  // Warm-up: the first runs of a session allocate and tune; no request should pay for them.
+  const samples: WarmupSample[] = config.warmup.length ? config.warmup : [{ name: "default", batchSize: 1, count: 1, data: "zero" }];
+  try {
+    for (const s of samples) {
+      const t0 = performance.now();
+      await Promise.all(
+        runners.map(async (run) => {
+          for (let k = 0; k < s.count; k++) await run(warmupInput(s, itemSize), s.batchSize);
+        }),
+      );
+      if (config.warmup.length) {
+        log.info(`${name} version ${version}: warm-up "${s.name}" (batch ${s.batchSize}, ${s.data === "zero" ? "zeros" : s.data === "random" ? "random data" : "data file"}) ${s.count}× on ${instances.length} instance(s) in ${(performance.now() - t0).toFixed(0)} ms`);
+      }
+    }
+  } catch (err) {
+    await release();
+    throw new ConfigError(`${draft.file}: ${name} version ${version}: warm-up failed: ${(err as Error).message}`, { cause: err });
   }
-  const dynamic = shape[0] === -1;
-  const maxBatch = dynamic ? o.maxBatch : shape[0];
-  const itemShape = shape.slice(1);
-  const itemSize = itemShape.reduce((a, d) => a * d, 1);
 
-  const runners: Runner[] = instances.map((inst) => (input, batch) => inst.run(input, [batch, ...itemShape]));
-  // Warm-up: the first run of a session allocates and tunes; no request should pay for it.
-  const warm = dynamic ? 1 : maxBatch;
-  await Promise.all(runners.map((run) => run(new Float32Array(itemSize * warm), warm)));
-
+  const db = config.dynamicBatching;
   const batcher = new Batcher(runners, {
     itemSize,
-    dynamic,
-    maxBatch,
-    preferred: o.preferredBatch,
-    maxQueueDelayMs: o.maxQueueDelayUs / 1000,
-    maxQueue: o.maxQueue,
+    dynamic: db !== undefined,
+    maxBatch: Math.max(1, config.maxBatchSize),
+    preferred: db?.preferred ?? [],
+    maxQueueDelayMs: (db?.maxQueueDelayUs ?? 0) / 1000,
+    maxQueue: config.maxQueue,
   });
+  const stats = new ModelStats();
+  batcher.onBatch((b) => stats.batch(b));
+
+  const inShape = batched ? [-1, ...config.input.dims] : config.input.dims;
+  const outShape = batched ? [-1, ...config.output.dims] : config.output.dims;
+  const fullIn = batched ? [1, ...config.input.dims] : config.input.dims;
   const detector =
-    shape.length === 4 && shape[1] === 3 && outDims.length === 3
-      ? { width: shape[3], height: shape[2] }
-      : { unavailable: `POST /detect needs an image detector (input N×3×H×W, 3-D output); ${name} has input [${shape}] and output [${outDims}]` };
+    fullIn.length === 4 && fullIn[0] === 1 && fullIn[1] === 3 && outShape.length === 3
+      ? { width: fullIn[3], height: fullIn[2] }
+      : { unavailable: `POST /detect needs an image detector (input 1×3×H×W, 3-D output); ${name} has input [${inShape}] and output [${outShape}]` };
+  const where = `${instances.length} instance(s) (${[...new Set(instances.map((i) => i.info.provider))].join(", ")}), ${threads} thread(s) each`;
+  const modelIn = info.inputDims;
   log.info(
-    dynamic
-      ? `${name}: dynamic batching on (max batch ${maxBatch}, preferred ${o.preferredBatch.join("/") || "none"}, max queue delay ${o.maxQueueDelayUs} µs) over ${o.instances} instance(s), ${threads} thread(s) each`
-      : `${name}: input [${first.inputDims.join(", ")}] has a fixed batch of ${maxBatch}, so dynamic batching is off; requests queue for ${o.instances} instance(s), ${threads} thread(s) each`,
+    db
+      ? `${name} version ${version}: dynamic batching on (max batch ${config.maxBatchSize}, preferred ${db.preferred.join("/") || "none"}, max queue delay ${db.maxQueueDelayUs} µs) over ${where}`
+      : batched
+        ? `${name} version ${version}: max batch ${config.maxBatchSize}, dynamic batching off (no dynamic_batching in the config): each request runs alone on ${where}`
+        : typeof modelIn[0] === "number" && modelIn.length === config.input.dims.length
+          ? `${name} version ${version}: input [${modelIn.join(", ")}] has a fixed batch of ${modelIn[0]}, so dynamic batching is off; requests queue for ${where}`
+          : `${name} version ${version}: max_batch_size 0 (no batch axis), so dynamic batching is off; requests queue for ${where}`,
   );
+  for (const w of draft.warnings) log.warn(w);
   return {
     name,
-    version: "1",
-    file: first.file,
-    input: { name: first.inputName, datatype: "FP32", shape },
-    output: { name: first.outputName, datatype: "FP32", shape: dynamic ? [-1, ...outDims.slice(1)] : outDims },
-    classNames: first.classNames,
-    dynamic,
-    maxBatch,
+    version,
+    file: info.file,
+    config,
+    kinds,
+    input: { name: config.input.name, datatype: "FP32", shape: inShape },
+    output: { name: config.output.name, datatype: "FP32", shape: outShape },
+    classNames: config.classNames,
     batcher,
+    stats,
+    instances: instances.length,
     detector,
     async close() {
       await batcher.close();
-      release();
+      await release();
     },
   };
 }
