@@ -23,7 +23,7 @@ const USAGE = `usage:
   bun run validate FILE
   bun run status [--nats URL] [--wait SECONDS] [--json]
   bun run streams ls|add|set|rm ... --nats URL --pipeline NAME (cameras of a running pipeline)
-  bun run serve --model FILE [--port N] (bun run serve --help)
+  bun run serve --model FILE | --model-repository DIR [--port N] (bun run serve --help)
   bun run eval coco --images DIR --labels DIR [--model FILE]
   bun run docs [--check]      regenerate docs/operators.md and pipelines/pipeline.schema.json
   bun run docs FILE           print the docs of the operators FILE adds (its operators: list)`;
