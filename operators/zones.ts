@@ -1,7 +1,8 @@
 import * as v from "valibot";
 import { rename } from "node:fs/promises";
 import type { Event, Frame, Message } from "../runtime/core/message.ts";
-import { defineOperator } from "../runtime/core/operator.ts";
+import { defineOperator, type GeometryControl, type Overlays, type StreamGeometry, type ZoneTotals } from "../runtime/core/operator.ts";
+import { codedError } from "../runtime/core/errors.ts";
 import { exists, readText } from "../runtime/platform/index.ts";
 import { writeFileAtomic } from "../runtime/platform/atomic-file.ts";
 
@@ -104,6 +105,11 @@ const Options = v.pipe(
   ),
 );
 type Options = v.InferOutput<typeof Options>;
+
+/** A stream's geometry set at runtime (`geometry.set`, PUT /api/zones/:stage/streams/:id): the same rules as the options. */
+const StreamGeometrySchema = v.strictObject({ lines: LinesOption, zones: ZonesOption });
+/** Geometry given at runtime that breaks the options' rules (E_GEOMETRY). */
+const GeometryError = codedError("GeometryError", "E_GEOMETRY");
 
 /** Totals per stream as kept in the state file. */
 interface SavedCounts {
@@ -390,7 +396,90 @@ export default defineOperator({
       void save();
     }
 
+    /** A stream's geometry without keeping it (HTTP may ask about any id). */
+    const peekGeometry = (id: string): Geometry =>
+      geometries.get(id) ?? makeGeometry(o.streams?.[id]?.lines ?? o.lines, o.streams?.[id]?.zones ?? o.zones);
+
+    /** The stream's lines and zones as plain data (the shape of `overlays`). */
+    function plain(g: Geometry): Overlays {
+      return {
+        lines: g.lines.map((l) => ({ id: l.id, from: [l.from[0], l.from[1]], to: [l.to[0], l.to[1]] })),
+        zones: g.zones.map((z) => ({ id: z.id, polygon: z.polygon.map((p) => [p[0], p[1]] as [number, number]) })),
+      };
+    }
+
+    function countsOf(id: string): ZoneTotals {
+      const s = streams.get(id);
+      if (s) {
+        const c = totals(s);
+        return { lines: c.lines, zones: Object.fromEntries(s.g.zones.map((z, i) => [z.id, { occupancy: s.occupancy[i], entries: s.entries[i] }])) };
+      }
+      const g = peekGeometry(id);
+      const prev = saved.streams[id];
+      return {
+        lines: Object.fromEntries(g.lines.map((l) => [l.id, { in: prev?.lines?.[l.id]?.in ?? 0, out: prev?.lines?.[l.id]?.out ?? 0 }])),
+        zones: Object.fromEntries(g.zones.map((z) => [z.id, { occupancy: 0, entries: prev?.zones?.[z.id]?.entries ?? 0 }])),
+      };
+    }
+
+    /** A running stream takes new geometry: totals and track state follow the ids that stay. */
+    function remap(id: string, s: StreamState, ng: Geometry): void {
+      const old = s.g;
+      const prev = saved.streams[id];
+      const li = ng.lines.map((l) => old.lines.findIndex((x) => x.id === l.id));
+      const zi = ng.zones.map((z) => old.zones.findIndex((x) => x.id === z.id));
+      // A line that moved: which side a track is on must be learnt again, or the move itself would count.
+      const sameLine = ng.lines.map((l, i) => li[i] >= 0 && JSON.stringify([l.from, l.to]) === JSON.stringify([old.lines[li[i]].from, old.lines[li[i]].to]));
+      s.crossIn = Float64Array.from(ng.lines, (l, i) => (li[i] >= 0 ? s.crossIn[li[i]] : (prev?.lines?.[l.id]?.in ?? 0)));
+      s.crossOut = Float64Array.from(ng.lines, (l, i) => (li[i] >= 0 ? s.crossOut[li[i]] : (prev?.lines?.[l.id]?.out ?? 0)));
+      s.entries = Float64Array.from(ng.zones, (z, i) => (zi[i] >= 0 ? s.entries[zi[i]] : (prev?.zones?.[z.id]?.entries ?? 0)));
+      s.occupancy = Int32Array.from(ng.zones, (_, i) => (zi[i] >= 0 ? s.occupancy[zi[i]] : 0));
+      const L = ng.lines.length;
+      const Z = ng.zones.length;
+      for (const [tid, t] of s.tracks) {
+        const n = memo(t.cls, L, Z);
+        n.lastSeen = t.lastSeen;
+        for (let i = 0; i < L; i++) {
+          if (!sameLine[i]) continue;
+          const j = li[i];
+          n.side[i] = t.side[j];
+          n.pend[i] = t.pend[j];
+          n.pendN[i] = t.pendN[j];
+          n.last[i * 2] = t.last[j * 2];
+          n.last[i * 2 + 1] = t.last[j * 2 + 1];
+        }
+        for (let i = 0; i < Z; i++) {
+          const j = zi[i];
+          if (j < 0) continue;
+          n.inside[i] = t.inside[j];
+          n.zPendN[i] = t.zPendN[j];
+          n.zPendSince[i] = t.zPendSince[j];
+          n.enteredAt[i] = t.enteredAt[j];
+        }
+        s.tracks.set(tid, n);
+      }
+      s.g = ng;
+    }
+
+    const geometry: GeometryControl = {
+      streams: () => [...new Set([...Object.keys(o.streams ?? {}), ...geometries.keys(), ...streams.keys()])],
+      get: (id): StreamGeometry => ({ geometry: plain(peekGeometry(id)), counts: countsOf(id) }),
+      set(id, body): StreamGeometry {
+        const r = v.safeParse(StreamGeometrySchema, body, { abortEarly: false });
+        if (!r.success) throw new GeometryError(`geometry of ${id}: ${r.issues.map((i) => `${v.getDotPath(i) ?? "(body)"}: ${i.message}`).join("; ")}`);
+        const ng = makeGeometry(r.output.lines, r.output.zones);
+        const s = streams.get(id);
+        if (s) remap(id, s, ng);
+        geometries.set(id, ng);
+        dirty = true;
+        void save();
+        ctx.log.info(`geometry of ${id} changed: ${ng.lines.length} line(s) ${ng.lines.map((l) => l.id).join(", ")}; ${ng.zones.length} zone(s) ${ng.zones.map((z) => z.id).join(", ")}`);
+        return { geometry: plain(ng), counts: countsOf(id) };
+      },
+    };
+
     return {
+      geometry,
       process: (msg) => {
         if (msg.kind === "frame") return onFrame(msg);
         if (msg.type === "stream-end") endStream(msg.stream);

@@ -1,7 +1,8 @@
 import { closeSync, openSync, writeSync } from "node:fs";
+import { upgradeWebSocket, websocket } from "hono/bun";
 import type { Platform } from "./types.ts";
 
-/** Bun: Bun.spawn, Bun.file, node:fs for buffered writes, Bun.serve. */
+/** Bun: Bun.spawn, Bun.file, node:fs for buffered writes, Bun.serve (with hono/bun's WebSocket handler). */
 export const platform: Platform = {
   name: `bun ${Bun.version}`,
   spawn(cmd, args, opts = {}) {
@@ -55,11 +56,14 @@ export const platform: Platform = {
     const server = Bun.serve({
       hostname: o.hostname,
       port: o.port,
+      // Bun calls fetch(req, server): hono's upgradeWebSocket finds the server there, and `websocket` runs the sockets it upgrades.
       fetch,
+      websocket,
       maxRequestBodySize: o.maxRequestBodySize,
       // Seconds a connection may sit silent (Bun's default is 10): a request can wait in a deep queue or return a large body.
       idleTimeout: 120,
     });
     return { port: server.port ?? o.port, stop: () => server.stop(true) };
   },
+  upgradeWebSocket,
 };

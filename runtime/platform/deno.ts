@@ -1,6 +1,7 @@
 import { accessSync, constants, openSync, writeSync, closeSync, fsyncSync } from "node:fs";
 import { Socket } from "node:net";
 import { delimiter, join } from "node:path";
+import { upgradeWebSocket } from "hono/deno";
 import type { Platform } from "./types.ts";
 
 /*
@@ -45,7 +46,7 @@ declare const Deno: {
   ): { addr: { port: number }; shutdown(): Promise<void> };
 };
 
-/** Deno: Deno.Command, Deno.readFile, signal listeners, Deno.serve. */
+/** Deno: Deno.Command, Deno.readFile, signal listeners, Deno.serve (WebSockets through hono/deno). */
 export const platform: Platform = {
   name: `deno ${Deno.version.deno}`,
   spawn(cmd, args, opts = {}) {
@@ -109,4 +110,6 @@ export const platform: Platform = {
     const server = Deno.serve({ hostname: o.hostname, port: o.port, onListen: () => {} }, fetch);
     return { port: server.addr.port, stop: () => server.shutdown() };
   },
+  // Deno.upgradeWebSocket needs no server-side handler.
+  upgradeWebSocket,
 };

@@ -50,6 +50,14 @@ export function serve(fetch: (req: Request) => Response | Promise<Response>, o: 
   }
 }
 
+/**
+ * hono's WebSocket upgrade for the running runtime (`hono/bun` or `hono/deno`); sockets upgraded on a
+ * server started with {@link serve} work on both.
+ * @example
+ * app.get("/echo", upgradeWebSocket(() => ({ onMessage: (e, ws) => ws.send(String(e.data)) })));
+ */
+export const upgradeWebSocket = impl.upgradeWebSocket;
+
 /** True when a file (or directory) exists at `path`. */
 export async function exists(path: string): Promise<boolean> {
   try {

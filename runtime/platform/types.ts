@@ -1,3 +1,5 @@
+import type { UpgradeWebSocket } from "hono/ws";
+
 /** A running child process with byte streams. */
 export interface ChildProcess {
   readonly pid: number;
@@ -45,7 +47,12 @@ export interface Platform {
   env(name: string): string | undefined;
   args(): string[];
   onSignal(signal: "SIGINT" | "SIGTERM", fn: () => void): () => void;
-  /** Binds `fetch` to hostname:port; throws the runtime's own error when it cannot. */
+  /**
+   * Binds `fetch` to hostname:port; throws the runtime's own error when it cannot. WebSocket upgrades
+   * made with {@link Platform.upgradeWebSocket} on requests of this server work (Bun: its `websocket` handler is wired).
+   */
   serve(fetch: (req: Request) => Response | Promise<Response>, o: ServeOptions): Listener;
+  /** hono's WebSocket upgrade helper for this runtime (`hono/bun` or `hono/deno`). */
+  upgradeWebSocket: UpgradeWebSocket<any>;
   exit(code: number): never;
 }

@@ -15,6 +15,7 @@ import { decodeInferRequest, encodeInferResponse, HEADER_LENGTH } from "../infer
 import type { Logger } from "../core/log.ts";
 import type { Registry } from "../spec/registry.ts";
 import { registerDetect } from "./detect.ts";
+import { registerBrowser } from "../observe/http/browser.ts";
 import { registerExtensions } from "./extensions.ts";
 import { classify, HttpError, lookup, type ServeEnv } from "./http.ts";
 import type { ServeMetrics } from "./metrics.ts";
@@ -172,6 +173,8 @@ export async function createServeApp(o: AppOptions): Promise<ServeApp> {
   }
 
   registerDetect(app, { ...o, notReady });
+  // The browser tier's page (/browser): detection in the page, or here through /detect.
+  registerBrowser(app, { log: o.log, detectPath: "/detect", conf: o.conf, iou: o.iou });
 
   app.get("/metrics", async (c) => c.body(await metrics.registry.metrics(), 200, { "content-type": metrics.registry.contentType }));
 

@@ -14,6 +14,9 @@
  *   POST /api/streams                      { id, url, ...options, stage? }   control
  *   PATCH /api/streams/:id                 { url?, ...options }               control
  *   DELETE /api/streams/:id                control
+ *   GET  /api/clips, /clips/<path>         event clips (clips.ts)
+ *   GET  /api/heatmaps, /api/streams/:id/heatmap.png|.json   heatmaps (heatmap.ts)
+ *   GET  /api/zones, /api/zones/:stage/streams/:id, PUT the same (control)   zone geometry (zones-edit.ts)
  *
  * Read endpoints are public unless `publicMetrics: false`; control always
  * needs the token and is refused when none is configured.
@@ -32,7 +35,11 @@ import { modelsDir, resolveModelWithin } from "../../platform/paths.ts";
 import type { StatusView } from "../status.ts";
 import { streamErrorStatus, streamOps } from "../streams.ts";
 import { LIVE_CONTENT_TYPE, type LiveFeed } from "./live.ts";
+import { registerPipelineBrowser } from "./browser.ts";
 import type { HttpOptions } from "../../spec/http-options.ts";
+import { registerClipRoutes } from "./clips.ts";
+import { registerHeatmapRoutes } from "./heatmap.ts";
+import { registerZoneRoutes } from "./zones-edit.ts";
 
 /** Body of a reload request; all optional: `{}` reloads the model's file. */
 export const ReloadBody = v.strictObject({
@@ -81,6 +88,7 @@ const CSP = {
 export function createApp(ctx: AppContext): Hono {
   const app = new Hono();
   const { view, live, options, token } = ctx;
+  registerPipelineBrowser(app, ctx); // first: /browser sets its own headers (COOP/COEP, a CSP that allows WebAssembly)
 
   app.use("*", secureHeaders({ contentSecurityPolicy: CSP, crossOriginResourcePolicy: "same-origin" }));
 
@@ -166,6 +174,11 @@ export function createApp(ctx: AppContext): Hono {
     ctx.log.info(`stream ${c.req.param("id")} removed over HTTP`);
     return c.json({ removed: c.req.param("id") });
   });
+
+  const routeDeps = { view, read, control, limit, log: ctx.log };
+  registerClipRoutes(app, routeDeps);
+  registerHeatmapRoutes(app, routeDeps);
+  registerZoneRoutes(app, routeDeps);
 
   for (const [path, asset] of ctx.assets) {
     app.get(path, (c) => c.body(asset.body, 200, { "content-type": asset.type, "cache-control": "no-cache" }));
