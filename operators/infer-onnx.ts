@@ -6,9 +6,11 @@ import { confidenceOf, RotatingLog, type InferenceRecord } from "../runtime/infe
 import { decodeDetections, detectLayout, LayoutOption, type LayoutChoice } from "../runtime/inference/yolo.ts";
 import { derive, type Frame, type Predictions, type Tensor } from "../runtime/core/message.ts";
 import { ModelLifecycle, type ModelVersion, type VersionLoader } from "../runtime/inference/model-lifecycle.ts";
-import { modelVersion, PROVIDERS } from "../runtime/inference/onnx-model.ts";
-import { OnnxThread } from "../runtime/inference/onnx-thread.ts";
-import { defineOperator } from "../runtime/core/operator.ts";
+import { BatchGatherer } from "../runtime/inference/batch-gather.ts";
+import { defaultThreads, modelVersion, PROVIDERS } from "../runtime/inference/onnx-model.ts";
+import { OnnxThread, type ModelInput } from "../runtime/inference/onnx-thread.ts";
+import { tensorPixels } from "../runtime/inference/pixel-tensor.ts";
+import { defineOperator, type OperatorMetric } from "../runtime/core/operator.ts";
 import { resolveModel } from "../runtime/platform/paths.ts";
 
 const Options = v.strictObject({
@@ -31,9 +33,23 @@ const Options = v.strictObject({
       v.integer(),
       v.minValue(0),
       v.maxValue(256),
-      v.description("Intra-op threads (0 = onnxruntime's default, one per core)."),
+      v.description("Intra-op threads (0 = fitted to the cores: one per core but one, left to decoding and the other stages; see docs/performance.md)."),
     ),
     0,
+  ),
+  batch: v.optional(
+    v.pipe(
+      v.strictObject({
+        max: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(64), v.description("Most frames in one inference.")), 8),
+        maxDelayMs: v.optional(
+          v.pipe(v.number(), v.minValue(0), v.maxValue(1000), v.description("Longest a frame waits for others before its batch runs.")),
+          10,
+        ),
+      }),
+      v.description(
+        "Run frames (of any streams) together as one inference; needs a model with a dynamic batch axis (yolov5n-batch.onnx). Outputs are split back per frame; detections are those of batch 1.",
+      ),
+    ),
   ),
   names: v.optional(v.pipe(v.array(v.string()), v.description("Class names, when the model's metadata has none."))),
   layout: LayoutOption,
@@ -103,28 +119,55 @@ const Options = v.strictObject({
 });
 type Options = v.InferOutput<typeof Options>;
 
+/** A frame's tensor waiting for its batch. */
+interface BatchItem {
+  t: Tensor;
+}
+
 /** One loaded version of the stage's model, with what its first frame established. */
 interface OnnxVersion {
   m: OnnxThread;
   name: string;
   checked: boolean;
   layout?: "yolov5" | "yolov8";
+  /** Gathers frames into batches, when the stage batches. */
+  gather?: BatchGatherer<BatchItem, Predictions>;
+}
+
+const fixed = (d: number | string): d is number => typeof d === "number" && d > 0;
+
+/**
+ * Refuses batching on a model whose batch axis is fixed.
+ * @throws ConfigError naming the model and the dynamic-batch variant.
+ */
+function checkBatchable(m: OnnxThread, max: number): void {
+  const d = m.info.inputDims[0];
+  if (max > 1 && fixed(d)) {
+    throw new ConfigError(
+      `${basename(m.info.file)} has a fixed batch of ${d} (input [${m.info.inputDims.join("x")}]), so batch.max ${max} cannot run: ` +
+        "use a model with a dynamic batch axis (e.g. yolov5n-batch.onnx, see docs/models.md) or leave batch out",
+    );
+  }
 }
 
 /**
- * Runs a new version once on zeros of the input size before it gets frames,
- * so a model that cannot run, or cannot take the frames, is refused at load.
+ * Runs a version once on zeros of the input size (and of the largest batch)
+ * before it gets frames: the first frame does not pay the session's
+ * first-run set-up, and a model that cannot run, or cannot take the frames,
+ * is refused at load.
  */
-async function warmUp(m: OnnxThread, frameDims: readonly number[] | undefined, layout: LayoutChoice): Promise<void> {
+async function warmUp(m: OnnxThread, frameDims: readonly number[] | undefined, layout: LayoutChoice, batch: number): Promise<void> {
   const { inputDims, file } = m.info;
-  const fixed = (d: number | string): d is number => typeof d === "number" && d > 0;
-  if (frameDims && inputDims.some((d, i) => fixed(d) && d !== frameDims[i])) {
+  if (frameDims && inputDims.some((d, i) => i > 0 && fixed(d) && d !== frameDims[i])) {
     throw new ConfigError(`${basename(file)} expects input [${inputDims.join("x")}] but the frames are [${frameDims.join("x")}]`);
   }
-  const dims = inputDims.map((d, i) => (fixed(d) ? d : (frameDims?.[i] ?? (i === 0 ? 1 : 0))));
+  const dims = inputDims.map((d, i) => (fixed(d) ? d : i === 0 ? 1 : (frameDims?.[i] ?? 0)));
   if (dims.some((d) => d === 0)) return; // a dynamic size no frame has shown yet
-  const out = await m.run(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
-  detectLayout(out.dims, layout);
+  for (const n of fixed(inputDims[0]) || batch === 1 ? [dims[0]] : [1, batch]) {
+    const shape = [n, ...dims.slice(1)];
+    const out = await m.run(new Uint8Array(shape.reduce((a, b) => a * b, 1)), shape);
+    detectLayout(out.dims, layout);
+  }
 }
 
 /** How the log and the canary check decode predictions (nms's defaults). */
@@ -132,35 +175,45 @@ const FOLLOW_DECODE = { conf: 0.25, iou: 0.45 } as const;
 
 /**
  * Runs a YOLO-family ONNX detector on each frame's tensor with
- * onnxruntime-node, attaching raw predictions for `nms` to decode. New model
- * versions load beside the running one (file watch or HTTP control) and take
- * over between frames, directly or as a canary.
+ * onnxruntime-node, attaching raw predictions for `nms` to decode. The model
+ * runs on its own thread, which gets the tensor as bytes where resize made
+ * them. With `batch`, concurrent frames (of any streams) run as one
+ * inference on a dynamic-batch model. New model versions load beside the
+ * running one (file watch or HTTP control) and take over between frames,
+ * directly or as a canary.
  */
 export default defineOperator({
   name: "infer-onnx",
   kind: "transform",
   description:
-    "Run an ONNX YOLO detector (v5 or v8 layout) with onnxruntime-node; providers with cpu fallback, hot reload, canary, inference log.",
+    "Run an ONNX YOLO detector (v5 or v8 layout) with onnxruntime-node on its own thread; providers with cpu fallback, cross-stream batching, hot reload, canary, inference log.",
   options: Options,
   async create(o, ctx) {
     /** The tensor size frames arrive with (from the first frame): new versions must take it. */
     let frameDims: number[] | undefined;
+    const threads = o.threads || defaultThreads();
+    const maxBatch = o.batch?.max ?? 1;
     const load: VersionLoader<OnnxVersion> = async (file, known) => {
       const initial = known.length === 0;
       if (!initial && known.includes(await modelVersion(file))) return null;
-      const m = await OnnxThread.start({ model: file, providers: o.providers, threads: o.threads, names: o.names }, ctx.log);
-      if (!initial)
-        await warmUp(m, frameDims, o.layout).catch((err) => {
-          m.close();
-          throw err;
-        });
+      const m = await OnnxThread.start({ model: file, providers: o.providers, threads, names: o.names }, ctx.log);
+      try {
+        checkBatchable(m, maxBatch);
+        await warmUp(m, frameDims, o.layout, maxBatch);
+      } catch (err) {
+        m.close();
+        throw err;
+      }
       const { info } = m;
       const name = basename(info.file);
       ctx.log.info(
-        `${name} loaded on ${info.provider} (input ${info.inputName} [${info.inputDims.join("x")}], ${info.classNames.length} classes)`,
+        `${name} loaded on ${info.provider} (input ${info.inputName} [${info.inputDims.join("x")}], ${info.classNames.length} classes, ${threads} intra-op thread(s)` +
+          `${maxBatch > 1 ? `, batches of up to ${maxBatch} within ${o.batch!.maxDelayMs} ms` : ""})`,
       );
+      const ov: OnnxVersion = { m, name, checked: false };
+      if (maxBatch > 1) ov.gather = new BatchGatherer((items) => inferBatch(ov, items.map((x) => x.t)), maxBatch, o.batch!.maxDelayMs);
       return {
-        model: { m, name, checked: false },
+        model: ov,
         version: info.version,
         file: info.file,
         detail: { provider: info.provider, input: info.inputDims.join("x") },
@@ -169,7 +222,10 @@ export default defineOperator({
     const life = await ModelLifecycle.open(o.model, {
       stage: ctx.stage,
       load,
-      release: async (x) => x.m.close(),
+      release: async (x) => {
+        x.gather?.close();
+        x.m.close();
+      },
       canary: o.canary,
       log: ctx.log,
     });
@@ -181,31 +237,77 @@ export default defineOperator({
       : undefined;
     const releaseLoad = log ? hostLoad.acquire() : undefined;
     if (o.watch) life.watch(life.active.loaded.file);
-    /** Input buffers this stage owns: a frame's tensor is shared with other subscribers, so the inference thread gets a copy it may keep while it runs. */
-    const spare: Float32Array[] = [];
+    /**
+     * Input buffers this stage owns: a frame's tensor is shared with other
+     * subscribers, so the inference thread gets a copy it may keep while it
+     * runs (bytes where resize made them, 4× less than floats), handed back
+     * after each run and reused.
+     */
+    const spare: ModelInput[] = [];
+    const takeBuffer = (bytes: boolean, length: number): ModelInput => {
+      const i = spare.findIndex((b) => b.length === length && b instanceof Uint8Array === bytes);
+      if (i >= 0) return spare.splice(i, 1)[0];
+      return bytes ? new Uint8Array(length) : new Float32Array(length);
+    };
+    const giveBack = (b: ModelInput | undefined) => {
+      if (b && b.length && spare.length < 2 * maxBatch + 2) spare.push(b);
+    };
 
-    async function infer(ov: OnnxVersion, t: Tensor): Promise<Predictions> {
-      const { inputDims, classNames } = ov.m.info;
-      if (!ov.checked) {
-        const bad = inputDims.some((d, i) => typeof d === "number" && d > 0 && d !== t.dims[i]);
-        if (bad)
-          throw new ConfigError(
-            `${ov.name} expects input [${inputDims.join("x")}] but gets [${t.dims.join("x")}]: set the resize stage's width/height to match`,
-          );
-        ov.checked = true;
+    function check(ov: OnnxVersion, t: Tensor): void {
+      if (ov.checked) return;
+      const { inputDims } = ov.m.info;
+      const bad = inputDims.some((d, i) => (i > 0 || maxBatch === 1) && fixed(d) && d !== t.dims[i]);
+      if (bad)
+        throw new ConfigError(
+          `${ov.name} expects input [${inputDims.join("x")}] but gets [${t.dims.join("x")}]: set the resize stage's width/height to match`,
+        );
+      ov.checked = true;
+    }
+
+    /** One run on `tensors` stacked along the batch axis; each frame's predictions are its slice of the output. */
+    async function inferBatch(ov: OnnxVersion, tensors: Tensor[]): Promise<Predictions[]> {
+      const { classNames } = ov.m.info;
+      for (const t of tensors) check(ov, t);
+      const item = tensors[0].dims;
+      if (tensors.some((t) => t.dims.length !== item.length || t.dims.some((d, i) => d !== item[i]))) {
+        throw new Error(`frames of different tensor sizes cannot share a batch: [${tensors.map((t) => t.dims.join("x")).join("], [")}]`);
       }
-      // An owned copy of the tensor is lent to the inference thread and handed back, even when the run fails.
-      let buf = spare.pop();
-      if (buf?.length !== t.data.length) buf = new Float32Array(t.data.length);
-      buf.set(t.data);
-      const out = await ov.m.run(buf, t.dims, true).catch((err: Error & { input?: Float32Array }) => {
-        if (err.input) spare.push(err.input);
+      const pixels = tensors.map(tensorPixels);
+      const bytes = pixels.every((p) => p !== undefined);
+      const per = item.reduce((a, b) => a * b, 1);
+      const buf = takeBuffer(bytes, per * tensors.length);
+      tensors.forEach((t, i) => buf.set(bytes ? pixels[i]! : t.data, i * per));
+      const dims = tensors.length === 1 ? item : [tensors.length * item[0], ...item.slice(1)];
+      const out = await ov.m.run(buf, dims, true).catch((err: Error & { input?: ModelInput }) => {
+        giveBack(err.input);
         throw err;
       });
-      spare.push(out.input);
+      giveBack(out.input);
       ov.layout ??= detectLayout(out.dims, o.layout);
-      return { layout: ov.layout, dims: out.dims, data: out.data, classNames, model: ov.name };
+      if (tensors.length === 1) return [{ layout: ov.layout, dims: out.dims, data: out.data, classNames, model: ov.name }];
+      const n = tensors.length;
+      if (out.dims[0] !== n) throw new Error(`${ov.name}: a batch of ${n} gave an output of [${out.dims.join("x")}]`);
+      const size = out.data.length / n;
+      const frameDims = [1, ...out.dims.slice(1)];
+      // Views into the one output buffer: read-only, like every buffer of a frame.
+      return tensors.map((_, i) => ({ layout: ov.layout!, dims: frameDims, data: out.data.subarray(i * size, (i + 1) * size), classNames, model: ov.name }));
     }
+
+    /** Batches run and the frames they held, per loaded version (only while batching). */
+    function batchMetrics(): OperatorMetric[] {
+      return [life.active, ...(life.canary ? [life.canary] : [])].flatMap((ver) => {
+        const g = ver.model.gather;
+        if (!g) return [];
+        const labels = { model: ver.model.name, version: ver.version };
+        return [
+          { name: "inference_batches_total", type: "counter" as const, help: "Batched inferences run (batch option), by model version.", value: g.batches, labels },
+          { name: "inference_batch_frames_total", type: "counter" as const, help: "Frames those batches held; divided by the batches, the mean batch size.", value: g.items, labels },
+        ];
+      });
+    }
+
+    const infer = (ov: OnnxVersion, t: Tensor): Promise<Predictions> =>
+      ov.gather ? ov.gather.submit({ t }) : inferBatch(ov, [t]).then((p) => p[0]);
 
     function line(f: Frame, ver: ModelVersion<OnnxVersion>, ms: number, at: number, dets: readonly { score: number }[] | null): string {
       const load = hostLoad.latest;
@@ -240,8 +342,9 @@ export default defineOperator({
     }
 
     return {
+      ...(maxBatch > 1 ? { concurrency: maxBatch } : {}),
       models: life as ModelLifecycle<unknown>,
-      metrics: () => life.metrics(),
+      metrics: () => [...life.metrics(), ...batchMetrics()],
       async process(msg) {
         if (msg.kind !== "frame") return msg;
         const f: Frame = msg;

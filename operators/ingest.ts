@@ -50,6 +50,12 @@ const PerStream = {
   transport: v.optional(v.pipe(v.picklist(["tcp", "udp"]), v.description("RTSP lower transport (default tcp)."))),
   stallTimeout: v.optional(v.pipe(v.number(), v.minValue(0.5), v.description("Seconds without a frame before ffmpeg is restarted (default 10)."))),
   reconnectDelay: v.optional(v.pipe(v.number(), v.minValue(0.05), v.description("Reconnect backoff in seconds: first delay, doubled up to the max (default 0.5)."))),
+  hwaccel: v.optional(
+    v.pipe(
+      v.picklist(["auto", "cuda", "vaapi", "qsv", "none"]),
+      v.description("Hardware decoding (ffmpeg -hwaccel); where the device cannot decode, software decoding takes over with one log line (default none)."),
+    ),
+  ),
   reconnectMaxDelay: v.optional(
     v.pipe(v.number(), v.minValue(0.05), v.description("Longest reconnect delay in seconds (default 2: frames are back within ~2 s of a camera's return)."))),
 };
@@ -126,6 +132,7 @@ function cameraOptions(o: Options, s: StreamSpec): CameraOptions {
     stallTimeout: pick("stallTimeout") ?? DEFAULTS.stallTimeout,
     reconnectDelay: pick("reconnectDelay") ?? DEFAULTS.reconnectDelay,
     reconnectMaxDelay: pick("reconnectMaxDelay") ?? DEFAULTS.reconnectMaxDelay,
+    hwaccel: pick("hwaccel"),
   };
 }
 

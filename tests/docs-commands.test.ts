@@ -12,6 +12,9 @@ import { loadRegistry } from "../runtime/spec/registry.ts";
 import { repoRoot } from "./support/paths.ts";
 import { startProcess } from "./support/process.ts";
 
+/** What the docs ask a user to export before running their pipelines. */
+const DOC_ENV: Record<string, string> = { FRAMEWIRE_HTTP_TOKEN: "docs-test-token-0123456789" };
+
 const bad = readFileSync(join(repoRoot, "examples/bad.yaml"), "utf8");
 const docs = ["README.md", ...readdirSync(join(repoRoot, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`)];
 
@@ -54,7 +57,8 @@ describe("docs that run", () => {
         if (b.text === bad.trimEnd() || "operators" in data) continue;
         checked++;
         try {
-          parsePipeline(b.text, `${file}:${b.line}`, registry, () => undefined);
+          // Variables the docs tell the user to set, set; the rest fall back to the file's defaults.
+          parsePipeline(b.text, `${file}:${b.line}`, registry, (k) => DOC_ENV[k]);
         } catch (err) {
           failures.push(`${file}:${b.line}: ${(err as Error).message}`);
         }

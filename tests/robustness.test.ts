@@ -228,3 +228,31 @@ describe("shutdown", () => {
     expect(log.text()).toContain("work in flight is lost");
   }, 30_000);
 });
+
+describe("hardware decoding", () => {
+  test("hwaccel: cuda where no GPU decodes falls back to software, said once", async () => {
+    const { makeSource } = await import("./support/operators.ts");
+    const src = await makeSource("ingest", { url: video, hwaccel: "cuda", width: 64, height: 48 });
+    let frames = 0;
+    await src.instance.run(async (f) => {
+      if (f.kind !== "frame") return;
+      if (++frames === 5) src.abort.abort();
+    }, src.abort.signal);
+    await src.instance.close?.();
+    expect(frames).toBe(5);
+    expect(src.log.lines.filter((l) => l.includes("hwaccel cuda did not decode"))).toHaveLength(1);
+    expect(src.log.text()).toContain("decoding in software");
+  }, 60_000);
+});
+
+describe("nodes hold only what they run", () => {
+  test("with --stages/--placement only the chosen stages' options are checked: an edge box without the model file runs ingest", async () => {
+    const reg = await registryWith();
+    const text = `name: split\nbus: nats://127.0.0.1:4222\nstages:\n  - id: cam\n    placement: edge\n    use: ingest\n    with: { url: ${video} }\n  - id: detect\n    placement: cloud\n    use: infer-onnx\n    with: { model: only-on-the-gpu-box.onnx }\n  - id: out\n    placement: edge\n    use: sink-log\n`;
+    const { parsePipeline } = await import("../runtime/spec/loader.ts");
+    expect(() => parse(text, reg)).toThrow(/stages\[1\]\.with\.model: model file not found/);
+    expect(parsePipeline(text, "split.yaml", reg, () => undefined, { stages: ["cam", "out"] }).stages.map((s) => s.id)).toEqual(["cam", "detect", "out"]);
+    expect(() => parsePipeline(text, "split.yaml", reg, () => undefined, { placement: "edge" })).not.toThrow();
+    expect(() => parsePipeline(text, "split.yaml", reg, () => undefined, { placement: "cloud" })).toThrow(/model file not found/);
+  });
+});

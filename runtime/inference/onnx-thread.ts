@@ -1,9 +1,35 @@
 import { ConfigError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { ModelOptions } from "./onnx-model.ts";
-import type { FromWorker, ModelInfo, ToWorker } from "./onnx-worker.ts";
+import type { FromWorker, ModelInfo, ModelInput, ToWorker } from "./onnx-worker.ts";
 
-export type { ModelInfo };
+export type { ModelInfo, ModelInput };
+
+/** What a run resolves with: the output, and the input handed back. */
+export interface RunResult<I extends ModelInput = ModelInput> {
+  data: Float32Array;
+  dims: number[];
+  input: I;
+}
+
+/**
+ * Outputs handed over by inference threads are large (8.6 MB a frame for
+ * YOLOv5 at 640) and short-lived, but Bun's collector sees them late: a
+ * buffer that moved in from another thread and outlived one young
+ * collection waits for a full one, and peak RSS grows by hundreds of MB.
+ * After this many bytes received, a full collection is asked for (a few ms
+ * on a small heap; docs/performance.md). Deno's V8 accounts for them itself.
+ */
+const RECLAIM_AFTER_BYTES = 64 * 1024 * 1024;
+let received = 0;
+const collect = (globalThis as { Bun?: { gc?(full: boolean): void } }).Bun?.gc;
+
+function noteReceived(bytes: number): void {
+  received += bytes;
+  if (received < RECLAIM_AFTER_BYTES || !collect) return;
+  received = 0;
+  collect(true);
+}
 
 /**
  * A model loaded on its own inference thread (see onnx-worker.ts). Runs are
@@ -15,7 +41,7 @@ export type { ModelInfo };
  * t.close();
  */
 export class OnnxThread {
-  private pending = new Map<number, { resolve(r: { data: Float32Array; dims: number[]; input: Float32Array }): void; reject(e: Error): void }>();
+  private pending = new Map<number, { resolve(r: RunResult): void; reject(e: Error): void }>();
   private nextId = 0;
   /** Set once the thread crashed or was closed: later runs fail at once instead of waiting forever. */
   private gone?: Error;
@@ -53,16 +79,18 @@ export class OnnxThread {
 
   /**
    * Runs the model on one input and resolves with the output and the input.
-   * With `lend`, the input's memory moves to the thread and comes back as
-   * `input` (no copy either way; until then the caller's array is empty);
-   * otherwise, or when the input is a view into a larger buffer, it is copied.
+   * A Uint8Array input stands for byte / 255 (the thread makes the floats:
+   * a quarter of the bytes cross). With `lend`, the input's memory moves to
+   * the thread and comes back as `input` (no copy either way; until then the
+   * caller's array is empty); otherwise, or when the input is a view into a
+   * larger buffer, it is copied.
    */
-  run(input: Float32Array, dims: readonly number[], lend = false): Promise<{ data: Float32Array; dims: number[]; input: Float32Array }> {
+  run<I extends ModelInput>(input: I, dims: readonly number[], lend = false): Promise<RunResult<I>> {
     if (this.gone) return Promise.reject(this.gone);
     const id = this.nextId++;
     const whole = lend && input.byteOffset === 0 && input.byteLength === input.buffer.byteLength && input.buffer instanceof ArrayBuffer;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve: resolve as (r: RunResult) => void, reject });
       this.worker.postMessage({ type: "run", id, input: whole ? input : input.slice(), dims: [...dims] } satisfies ToWorker, whole ? [input.buffer] : []);
     });
   }
@@ -78,7 +106,10 @@ export class OnnxThread {
     const p = m.id === undefined ? undefined : this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id!);
-    if (m.type === "result") p.resolve({ data: m.data, dims: m.dims, input: m.input });
+    if (m.type === "result") {
+      p.resolve({ data: m.data, dims: m.dims, input: m.input });
+      noteReceived(m.data.byteLength);
+    }
     else p.reject(Object.assign(new Error(m.message), { input: m.input }));
   }
 

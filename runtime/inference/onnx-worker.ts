@@ -7,6 +7,7 @@
  */
 import * as ort from "onnxruntime-node";
 import { ConfigError } from "../core/errors.ts";
+import { Normaliser } from "./letterbox.ts";
 import { loadModel, type LoadedModel, type ModelOptions } from "./onnx-model.ts";
 
 /** What the main thread learns about the loaded model. */
@@ -21,13 +22,16 @@ export interface ModelInfo {
   classNames: string[];
 }
 
-export type ToWorker = { type: "load"; options: ModelOptions } | { type: "run"; id: number; input: Float32Array; dims: number[] };
+/** A model input: float32 values, or bytes that stand for byte / 255 (see pixel-tensor.ts). */
+export type ModelInput = Float32Array | Uint8Array;
+
+export type ToWorker = { type: "load"; options: ModelOptions } | { type: "run"; id: number; input: ModelInput; dims: number[] };
 
 export type FromWorker =
   | { type: "up" }
   | { type: "loaded"; info: ModelInfo }
-  | { type: "result"; id: number; data: Float32Array; dims: number[]; input: Float32Array }
-  | { type: "failed"; id?: number; message: string; config: boolean; input?: Float32Array }
+  | { type: "result"; id: number; data: Float32Array; dims: number[]; input: ModelInput }
+  | { type: "failed"; id?: number; message: string; config: boolean; input?: ModelInput }
   | { type: "warn"; message: string };
 
 /** The worker side of the channel (Bun and Deno both give workers a `self` like this). */
@@ -37,9 +41,16 @@ declare const self: {
 };
 
 let model: LoadedModel | undefined;
+/** Bytes become float32 here, in this thread's own reused buffer. */
+const normaliser = new Normaliser();
 
-self.onmessage = async (e) => {
-  const msg = e.data;
+/** Messages are handled one at a time: a run's input sits in the normaliser's buffer until onnxruntime has read it. */
+let queue: Promise<void> = Promise.resolve();
+self.onmessage = (e) => {
+  queue = queue.then(() => handle(e.data));
+};
+
+async function handle(msg: ToWorker): Promise<void> {
   try {
     if (msg.type === "load") {
       const m = await loadModel(msg.options, (message) => self.postMessage({ type: "warn", message }));
@@ -60,7 +71,8 @@ self.onmessage = async (e) => {
       });
     } else {
       if (!model) throw new Error("run before load");
-      const out = (await model.session.run({ [model.inputName]: new ort.Tensor("float32", msg.input, msg.dims) }))[model.outputName];
+      const values = msg.input instanceof Uint8Array ? normaliser.run(msg.input) : msg.input;
+      const out = (await model.session.run({ [model.inputName]: new ort.Tensor("float32", values, msg.dims) }))[model.outputName];
       const data = out.data as Float32Array;
       // The output is this thread's own buffer: hand it over rather than copy 8 MB; the input goes back the same way.
       self.postMessage({ type: "result", id: msg.id, data, dims: [...out.dims], input: msg.input }, [data.buffer, msg.input.buffer]);
@@ -70,6 +82,6 @@ self.onmessage = async (e) => {
     if (msg.type === "run") self.postMessage({ ...failed, id: msg.id, input: msg.input }, [msg.input.buffer]);
     else self.postMessage(failed);
   }
-};
+}
 // Messages sent before this module finished evaluating (its imports use top-level await) can be lost: say when to start.
 self.postMessage({ type: "up" });

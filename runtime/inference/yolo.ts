@@ -53,31 +53,57 @@ export function decodeYolo(p: Predictions, conf: number, allowed?: Set<number>):
   const n = v5 ? dims[1] : dims[2];
   const width = v5 ? dims[2] : dims[1];
   const nc = width - (v5 ? 5 : 4);
-  const out: Candidates = { boxes: new Float32Array(n * 4), scores: new Float32Array(n), classes: new Int32Array(n), count: 0 };
-  const at = v5 ? (i: number, k: number) => data[i * width + k] : (i: number, k: number) => data[k * n + i];
-  const first = v5 ? 5 : 4;
-  for (let i = 0; i < n; i++) {
-    const obj = v5 ? data[i * width + 4] : 1;
-    if (obj < conf) continue;
-    let best = -1;
-    let bestScore = 0;
-    for (let c = 0; c < nc; c++) {
-      const s = at(i, first + c);
-      if (s > bestScore) [best, bestScore] = [c, s];
+  // Sized for a typical frame and grown on demand: most anchors fall below conf.
+  let cap = Math.min(n, 1024);
+  let out: Candidates = { boxes: new Float32Array(cap * 4), scores: new Float32Array(cap), classes: new Int32Array(cap), count: 0 };
+  const push = (cx: number, cy: number, w: number, h: number, score: number, cls: number) => {
+    if (out.count === cap) {
+      cap = Math.min(n, cap * 2);
+      const grown: Candidates = { boxes: new Float32Array(cap * 4), scores: new Float32Array(cap), classes: new Int32Array(cap), count: out.count };
+      grown.boxes.set(out.boxes);
+      grown.scores.set(out.scores);
+      grown.classes.set(out.classes);
+      out = grown;
     }
-    const score = obj * bestScore;
-    if (best < 0 || score < conf || (allowed && !allowed.has(best))) continue;
-    const cx = at(i, 0),
-      cy = at(i, 1),
-      w = at(i, 2),
-      h = at(i, 3);
     const j = out.count++;
     out.boxes[j * 4] = cx - w / 2;
     out.boxes[j * 4 + 1] = cy - h / 2;
     out.boxes[j * 4 + 2] = cx + w / 2;
     out.boxes[j * 4 + 3] = cy + h / 2;
     out.scores[j] = score;
-    out.classes[j] = best;
+    out.classes[j] = cls;
+  };
+  if (v5) {
+    // Rows of cx cy w h obj c0..cN: an anchor whose objectness is below conf cannot score above it.
+    for (let i = 0, row = 0; i < n; i++, row += width) {
+      const obj = data[row + 4];
+      if (obj < conf) continue;
+      let best = -1;
+      let bestScore = 0;
+      for (let c = 0, k = row + 5; c < nc; c++, k++) {
+        if (data[k] > bestScore) {
+          bestScore = data[k];
+          best = c;
+        }
+      }
+      const score = obj * bestScore;
+      if (best < 0 || score < conf || (allowed && !allowed.has(best))) continue;
+      push(data[row], data[row + 1], data[row + 2], data[row + 3], score, best);
+    }
+  } else {
+    // Columns: row k holds value k of every anchor.
+    for (let i = 0; i < n; i++) {
+      let best = -1;
+      let bestScore = 0;
+      for (let c = 0, k = 4 * n + i; c < nc; c++, k += n) {
+        if (data[k] > bestScore) {
+          bestScore = data[k];
+          best = c;
+        }
+      }
+      if (best < 0 || bestScore < conf || (allowed && !allowed.has(best))) continue;
+      push(data[i], data[n + i], data[2 * n + i], data[3 * n + i], bestScore, best);
+    }
   }
   return out.count > MAX_CANDIDATES ? best(out, MAX_CANDIDATES) : out;
 }

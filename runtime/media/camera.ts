@@ -8,6 +8,7 @@ import type { Frame } from "../core/message.ts";
 import type { Logger } from "../core/log.ts";
 import { spawn, type ChildProcess } from "../platform/index.ts";
 import { PpmReader } from "./ppm.ts";
+import { describeFfmpeg } from "./ffmpeg.ts";
 
 /** What ffmpeg is asked to do for one stream. */
 export interface CameraOptions {
@@ -23,6 +24,8 @@ export interface CameraOptions {
   stallTimeout: number;
   reconnectDelay: number;
   reconnectMaxDelay: number;
+  /** ffmpeg's -hwaccel for decoding; a device that cannot decode falls back to software (said once). */
+  hwaccel?: "auto" | "cuda" | "vaapi" | "qsv" | "none";
 }
 
 /** A stream's state, as `GET /api/streams` and the metrics show it. */
@@ -53,6 +56,7 @@ export function ffmpegArgs(o: CameraOptions): string[] {
   const args = ["-hide_banner", "-nostdin", "-loglevel", "error"];
   if (/^rtsps?:/i.test(input)) args.push("-rtsp_transport", o.transport);
   if (o.realtime) args.push("-re");
+  if (o.hwaccel && o.hwaccel !== "none") args.push("-hwaccel", o.hwaccel);
   if (o.loop && !HAS_SCHEME.test(input)) args.push("-stream_loop", "-1");
   args.push("-i", input, "-an", "-sn", "-dn");
   const filters: string[] = [];
@@ -63,6 +67,9 @@ export function ffmpegArgs(o: CameraOptions): string[] {
   args.push("-vsync", "0", "-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "pipe:1");
   return args;
 }
+
+/** What ffmpeg says when a -hwaccel device cannot be used. */
+const HWACCEL_FAILURE = /hwaccel|cuda|vaapi|qsv|device|hardware|Failed setup/i;
 
 /** Seconds of frame times kept for the fps figure. */
 const FPS_WINDOW_MS = 5000;
@@ -80,10 +87,11 @@ export class Camera {
   private lastError?: string;
   private times: number[] = [];
   private stopper = new AbortController();
+  private softwareFallback = false;
 
   constructor(
     readonly id: string,
-    readonly options: CameraOptions,
+    public options: CameraOptions,
     private readonly ffmpeg: string,
     private readonly log: Logger,
     /** The first sequence number (a restarted stream continues where it was). */
@@ -121,10 +129,17 @@ export class Camera {
     const signal = AbortSignal.any([outer, this.stopper.signal]);
     const o = this.options;
     let attempt = 0;
-    this.log.info(`reading ${redact(o.input)} (${o.live ? "live" : "file"}) with ${this.ffmpeg}`);
+    this.log.info(`reading ${redact(o.input)} (${o.live ? "live" : "file"}) with ${describeFfmpeg(this.ffmpeg)}`);
     while (!signal.aborted) {
       const r = await this.runOnce(emit, signal);
       if (signal.aborted) return;
+      if (r.frames === 0 && o.hwaccel && o.hwaccel !== "none" && o.hwaccel !== "auto" && !this.softwareFallback && HWACCEL_FAILURE.test(r.error)) {
+        // The device cannot decode here (no GPU, no driver): software decoding, said once, then as before.
+        this.softwareFallback = true;
+        this.options = { ...o, hwaccel: "none" };
+        this.log.warn(`hwaccel ${o.hwaccel} did not decode ${redact(o.input)} (${r.error || `exit ${r.code}`}); decoding in software`);
+        return this.run(emit, outer);
+      }
       if (!o.live) {
         if (r.code === 0) return this.log.info(`end of input after ${this.seq} frames`);
         if (r.frames === 0) throw new Error(`ffmpeg could not read ${redact(o.input)} (exit ${r.code}): ${r.error || "no output"}`);
