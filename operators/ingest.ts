@@ -319,10 +319,10 @@ export default defineOperator({
             }
           });
           saved = true;
-          log.info(`${set.length} stream(s) from ${store!.where} (changed at runtime; the file's list is the initial set only)`);
         }
         stopWatch = store?.watch?.((c) => void apply(c));
         for (const s of set) start(s);
+        if (stored) log.info(`${set.length} stream(s) from ${store!.where} (changed at runtime; the file's list is the initial set only)`);
         // Until shutdown while any stream is (or was) live: a gateway waits for cameras; a set of files ends with them.
         await new Promise<void>((resolve) => {
           const check = () => {

@@ -132,6 +132,8 @@ describe("streams on the memory bus (HTTP API, state file)", () => {
     // A restart reads the changed set from the state file, not the file's list.
     p = await startPipelineProcess(pipeline);
     procs.push(p);
+    // The HTTP server answers while the stages start; the source lists its streams once it has read the state file.
+    await until(() => /5 stream\(s\) from .*shop\.streams\.json/.test(p.child.stderr()), "the set from the state file");
     const again = await streams(p);
     expect(again.map((s) => s.id).sort()).toEqual(["aisle", "dead", "door", "entrance", "till"]);
     expect(again.find((s) => s.id === "till")!.options).toMatchObject({ fps: 4 });
