@@ -14,6 +14,7 @@ import { join } from "node:path";
 import type { Frame, Message } from "../runtime/core/message.ts";
 import type { SinkInstance, SourceInstance, StageContext, TransformInstance } from "../runtime/core/operator.ts";
 import { createLogger } from "../runtime/core/log.ts";
+import { Letterboxer, makePlan, Normaliser } from "../runtime/inference/letterbox.ts";
 import { defaultThreads } from "../runtime/inference/onnx-model.ts";
 import { describeFfmpeg, findFfmpeg, shippedFfmpeg } from "../runtime/media/ffmpeg.ts";
 import { ffmpegArgs } from "../runtime/media/camera.ts";
@@ -186,13 +187,16 @@ export async function benchCore(n = 200, rounds = 3): Promise<string> {
   const bares: number[] = [];
   const peers: PeerRun[] = [];
   const pipes: PipelineRun[] = [];
+  const kept: PipelineRun[] = [];
   for (let r = 0; r < rounds; r++) {
     bares.push(await bareLoop(dec.frames.slice(0, Math.min(n, 100))));
     if ("python" in py) peers.push(await pythonPeer(py.python, n));
     pipes.push(await pipelineRun({ frames: n }));
+    kept.push(await pipelineRun({ frames: n, env: KEEP_PAGES }));
   }
   const bare = median(bares);
   const pipe = pipes.find((p) => p.fps === median(pipes.map((x) => x.fps)))!;
+  const keep = kept.find((p) => p.fps === median(kept.map((x) => x.fps)))!;
   const peer = peers.length ? peers.find((p) => p.fps === median(peers.map((x) => x.fps)))! : undefined;
   const summary = markdownTable(
     ["measure", "value"],
@@ -207,6 +211,8 @@ export async function benchCore(n = 200, rounds = 3): Promise<string> {
       ["**pipeline / Python loop**", peer ? `**${fmt(pipe.fps / peer.fps, 2)}×** (target ≥ 1.1)` : "n/a (no Python)"],
       ["frames dropped", pipe.dropped],
       ["peak RSS of the pipeline process", `${fmt(pipe.maxRssMiB, 0)} MiB (target ≤ 300)`],
+      [`the same pipeline with MIMALLOC_PURGE_DELAY=-1 (Bun's allocator keeps freed pages; median of ${rounds})`, `${fmt(keep.fps)} fps, peak RSS ${fmt(keep.maxRssMiB, 0)} MiB`],
+      ["with it: pipeline / bare loop, pipeline / Python loop", `${fmt(keep.fps / bare, 2)}×, ${peer ? `${fmt(keep.fps / peer.fps, 2)}×` : "n/a"}`],
     ],
   );
   const stages = markdownTable(
@@ -218,7 +224,9 @@ export async function benchCore(n = 200, rounds = 3): Promise<string> {
         .map(([k, x]) => `${k} ${fmt(x, 2)}`)
         .join(", ")}.`
     : "";
-  const runs = `All runs (fps): bare ${bares.map((x) => fmt(x)).join(", ")}; Python ${peers.map((x) => fmt(x.fps)).join(", ") || "-"}; pipeline ${pipes.map((x) => fmt(x.fps)).join(", ")}; peak RSS ${pipes.map((x) => fmt(x.maxRssMiB, 0)).join(", ")} MiB.`;
+  const runs =
+    `All runs (fps): bare ${bares.map((x) => fmt(x)).join(", ")}; Python ${peers.map((x) => fmt(x.fps)).join(", ") || "-"}; pipeline ${pipes.map((x) => fmt(x.fps)).join(", ")} ` +
+    `(peak RSS ${pipes.map((x) => fmt(x.maxRssMiB, 0)).join(", ")} MiB); with MIMALLOC_PURGE_DELAY=-1 ${kept.map((x) => fmt(x.fps)).join(", ")} (peak RSS ${kept.map((x) => fmt(x.maxRssMiB, 0)).join(", ")} MiB).`;
   return `## core pipeline vs bare onnxruntime loop and the Python loop\n\nLoad average before ${loadBefore}, after ${loadAverage()} (2 cores).\n\n${summary}\n\n${stages}${peerSteps}\n\n${runs}\n`;
 }
 
@@ -345,6 +353,60 @@ const WHAT: Record<(typeof STAGES)[number], string> = {
   "sink-jsonl": "one JSON line per frame",
 };
 
+const LETTERBOX_SIZES = [
+  [480, 360],
+  [1280, 720],
+  [1920, 1080],
+] as const;
+
+/**
+ * framewire's letterbox (resize's kernel) against OpenCV's on the same
+ * machine: per source size, the best of 9 means of 50 runs, on noise; and
+ * what each side adds to get the model's float input (NumPy's transpose and
+ * /255 for OpenCV; the inference thread's /255 for framewire).
+ */
+function letterboxTable(): string {
+  const best = (fn: () => void) => {
+    let ms = Infinity;
+    for (let r = 0; r < 9; r++) {
+      const t0 = performance.now();
+      for (let i = 0; i < 50; i++) fn();
+      ms = Math.min(ms, (performance.now() - t0) / 50);
+    }
+    return ms;
+  };
+  const lb = new Letterboxer();
+  const norm = new Normaliser();
+  let seed = 1;
+  const ours = LETTERBOX_SIZES.map(([w, h]) => {
+    const src = Uint8Array.from({ length: w * h * 3 }, () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) & 255);
+    const plan = makePlan(w, h, 640, 640, "letterbox");
+    const chw = lb.run(src, plan, false);
+    return { letterbox: best(() => lb.run(src, plan, false)), unit: best(() => norm.run(chw)) };
+  });
+  const py = benchPython();
+  let cv: { ms: Record<string, { letterbox: number; blob: number }>; opencv: string } | undefined;
+  if ("python" in py) {
+    const r = spawnSync(py.python, [join(projectRoot, "bench/peer_loop.py"), "--letterbox", LETTERBOX_SIZES.map(([w, h]) => `${w}x${h}`).join(",")], { encoding: "utf8" });
+    if (r.status === 0) cv = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+  }
+  const rows = LETTERBOX_SIZES.map(([w, h], i) => {
+    const c = cv?.ms[`${w}x${h}`];
+    return [
+      `${w}x${h} → 640x640`,
+      fmt(ours[i].letterbox, 3),
+      c ? fmt(c.letterbox, 3) : "-",
+      c ? `${fmt(c.letterbox / ours[i].letterbox, 2)}×` : "-",
+      fmt(ours[i].unit, 3),
+      c ? fmt(c.blob, 3) : "-",
+    ];
+  });
+  return markdownTable(
+    ["source → model", `framewire resize (${lb.kernel}), ms`, `OpenCV ${cv?.opencv ?? ""} cv2.resize + copyMakeBorder, ms`, "OpenCV / framewire", "framewire /255 (inference thread), ms", "NumPy blob (RGB, CHW, /255), ms"],
+    rows,
+  ) + ("skipped" in py ? `\n\nOpenCV columns skipped: ${py.skipped}` : "");
+}
+
 /**
  * CPU ms per frame of each stage, by thread, ffmpeg included: as shipped and
  * with the allocator keeping freed pages; then the pipeline's fps by
@@ -356,6 +418,7 @@ export async function benchProfile(n = 200): Promise<string> {
   const shipped = ff.source === "shipped" ? undefined : shippedFfmpeg();
   const ffMs = ffmpegCpu(ff.path, n);
   const ffShippedMs = shipped ? ffmpegCpu(shipped, n) : undefined;
+  const letterbox = letterboxTable();
   const plain = await stageProfileChild(n);
   const kept = await stageProfileChild(n, KEEP_PAGES);
   const total = (p: StageProfile) => STAGES.reduce((a, s) => a + p.cpu[s].js + p.cpu[s].worker + p.cpu[s].runtime, 0) + ffMs;
@@ -392,7 +455,8 @@ export async function benchProfile(n = 200): Promise<string> {
     `## CPU per frame, stage by stage\n\nLoad average before ${loadBefore}, after ${loadAverage()} (2 cores). ${plain.frames} frames of ${CLIP_NAME} streamed through the stages one at a time in one process ` +
     `(after 10 warm-up frames), ${plain.threads} intra-op thread(s); ms of CPU per frame by thread (Linux schedstat). Kernel time was ${fmt(plain.kernelShare * 100, 0)}% of all CPU as shipped ` +
     `and ${fmt(kept.kernelShare * 100, 0)}% with freed pages kept.${shippedNote}\n\n${table}\n\n` +
-    `### onnxruntime intra-op threads in the pipeline\n\n${threads}\n`
+    `### onnxruntime intra-op threads in the pipeline\n\n${threads}\n\n` +
+    `### letterbox: framewire against OpenCV (one thread each, best of 9 × 50 runs)\n\n${letterbox}\n`
   );
 }
 

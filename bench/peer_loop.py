@@ -6,11 +6,15 @@ YOLOv5 decoding and NMS (conf 0.25, IoU 0.45, as the pipeline's nms stage).
 
     python bench/peer_loop.py CLIP MODEL FRAMES
     python bench/peer_loop.py --time MODEL RUNS THREADS
+    python bench/peer_loop.py --letterbox WxH[,WxH...]
 
 Prints one JSON line: frames, seconds (after the model has loaded, as the pipeline's
 summary counts), fps, per-step milliseconds (median) and the detections per frame.
 With --time: the median ms of RUNS inferences on zeros of the model's input type
 (float16 models included) with THREADS intra-op threads, after 3 warm-up runs.
+With --letterbox: per source size, the best of 9 means of 50 runs (ms, one OpenCV thread)
+of the letterbox to 640 (cv2.resize + cv2.copyMakeBorder) and of the float32 blob after it
+(BGR to RGB, HWC to CHW, /255) on a frame of noise.
 """
 
 import json
@@ -61,7 +65,34 @@ def time_model(model, runs, threads):
     print(json.dumps({"ms": float(np.median(ms)), "input": inp.type, "threads": threads, "onnxruntime": ort.__version__}))
 
 
+def time_letterbox(sizes):
+    cv2.setNumThreads(1)
+    rng = np.random.default_rng(0)
+    out = {}
+    for size in sizes.split(","):
+        w, h = (int(x) for x in size.split("x"))
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+        def best(fn):
+            means = []
+            for _ in range(9):
+                t = time.perf_counter()
+                for _ in range(50):
+                    fn()
+                means.append((time.perf_counter() - t) / 50 * 1000)
+            return min(means)
+
+        boxed = letterbox(img)[0]
+        out[size] = {
+            "letterbox": best(lambda: letterbox(img)),
+            "blob": best(lambda: np.ascontiguousarray(boxed[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)[None] / 255.0),
+        }
+    print(json.dumps({"ms": out, "opencv": cv2.__version__}))
+
+
 def main():
+    if sys.argv[1] == "--letterbox":
+        return time_letterbox(sys.argv[2])
     if sys.argv[1] == "--time":
         return time_model(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     clip, model, frames = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -12,7 +12,7 @@ import { OnnxThread } from "../runtime/inference/onnx-thread.ts";
 import { tensorPixels } from "../runtime/inference/pixel-tensor.ts";
 import { projectRoot } from "../runtime/platform/paths.ts";
 import { loadRegistry } from "../runtime/spec/registry.ts";
-import { benchPython, CLIP, loadAverage, median, pipelineRun, type PipelineRun } from "./core.ts";
+import { benchPython, CLIP, KEEP_PAGES, loadAverage, median, pipelineRun, type PipelineRun } from "./core.ts";
 import { fmt, markdownTable } from "./table.ts";
 import * as v from "valibot";
 import type { SourceInstance, StageContext, TransformInstance } from "../runtime/core/operator.ts";
@@ -102,14 +102,21 @@ export async function benchPrecision(frames = 200, rounds = 3): Promise<string> 
   for (const x of VARIANTS) ms.set(x.model, await threadMs(x.model, tensor));
   const runnable = VARIANTS.filter((x) => typeof ms.get(x.model) === "number");
   const pipes = new Map<string, PipelineRun[]>(runnable.map((x) => [x.model, []]));
-  for (let r = 0; r < rounds; r++) for (const x of runnable) pipes.get(x.model)!.push(await pipelineRun({ frames, model: x.model }));
+  const kept = new Map<string, PipelineRun[]>(runnable.map((x) => [x.model, []]));
+  for (let r = 0; r < rounds; r++)
+    for (const x of runnable) {
+      pipes.get(x.model)!.push(await pipelineRun({ frames, model: x.model }));
+      kept.get(x.model)!.push(await pipelineRun({ frames, model: x.model, env: KEEP_PAGES }));
+    }
   const acc = new Map<string, Awaited<ReturnType<typeof evalCoco>>>();
   for (const x of VARIANTS) acc.set(x.model, typeof ms.get(x.model) === "number" ? await evalCoco(x.model) : { error: "not run" });
 
-  const pipeOf = (model: string) => {
-    const rs = pipes.get(model);
+  const medianRun = (runs: Map<string, PipelineRun[]>, model: string) => {
+    const rs = runs.get(model);
     return rs ? rs.find((p) => p.fps === median(rs.map((y) => y.fps))) : undefined;
   };
+  const pipeOf = (model: string) => medianRun(pipes, model);
+  const keptOf = (model: string) => medianRun(kept, model);
   const rows = VARIANTS.map((x) => {
     const t = ms.get(x.model)!;
     const p = pipeOf(x.model);
@@ -117,12 +124,14 @@ export async function benchPrecision(frames = 200, rounds = 3): Promise<string> 
     if (typeof t !== "number") {
       const py = pythonMs(x.model);
       const why = t.error.includes("float16") ? "fp16 input fails inside onnxruntime-node under Bun (infer-onnx refuses the model)" : t.error;
-      return [x.label, `— (${why})`, py === undefined ? "—" : `${fmt(py)} in Python onnxruntime`, "—", "—", "—"];
+      return [x.label, `— (${why})`, "—", py === undefined ? "—" : `${fmt(py)} in Python onnxruntime`, "—", "—", "—"];
     }
     const detect = p?.stages.find((s) => s.stage === "detect");
+    const k = keptOf(x.model);
     return [
       x.label,
       p ? `${fmt(p.fps)} (${pipes.get(x.model)!.map((y) => fmt(y.fps)).join(", ")})` : "—",
+      k ? `${fmt(k.fps)} (${kept.get(x.model)!.map((y) => fmt(y.fps)).join(", ")})` : "—",
       fmt(t),
       detect ? fmt(detect.p50) : "—",
       "error" in a ? `— (${a.error})` : fmt(a.map50, 3),
@@ -139,12 +148,16 @@ export async function benchPrecision(frames = 200, rounds = 3): Promise<string> 
     ["measure", "value"],
     [
       ["int8 / fp32 pipeline fps", fp32 && int8 ? `${fmt(int8.fps / fp32.fps, 2)}× (target ≥ 1.8)` : "n/a"],
+      [
+        "int8 / fp32 pipeline fps with MIMALLOC_PURGE_DELAY=-1",
+        keptOf("yolov5n.onnx") && keptOf("yolov5n-int8.onnx") ? `${fmt(keptOf("yolov5n-int8.onnx")!.fps / keptOf("yolov5n.onnx")!.fps, 2)}×` : "n/a",
+      ],
       ["int8 / fp32 inference speed (inference thread, batch 1)", typeof t32 === "number" && typeof t8 === "number" ? `${fmt(t32 / t8, 2)}×` : "n/a"],
       ["int8 mAP50-95 loss against fp32", !("error" in a32) && !("error" in a8) ? `${fmt(a32.map50_95 - a8.map50_95, 3)} (target ≤ 0.02)` : "n/a"],
     ],
   );
   const table = markdownTable(
-    ["model", `pipeline fps (median of ${rounds}; all runs)`, "inference ms (inference thread, median of 30)", "detect stage p50 ms", "mAP50 (96 coco128)", "mAP50-95"],
+    ["model", `pipeline fps (median of ${rounds}; all runs)`, "pipeline fps, MIMALLOC_PURGE_DELAY=-1", "inference ms (inference thread, median of 30)", "detect stage p50 ms", "mAP50 (96 coco128)", "mAP50-95"],
     rows,
   );
   return (

@@ -196,7 +196,8 @@ export default defineOperator({
     const load: VersionLoader<OnnxVersion> = async (file, known) => {
       const initial = known.length === 0;
       if (!initial && known.includes(await modelVersion(file))) return null;
-      const m = await OnnxThread.start({ model: file, providers: o.providers, threads, names: o.names }, ctx.log);
+      // Batch 1 runs without onnxruntime's arena (~60 MB less peak RSS, the same speed); batches keep it.
+      const m = await OnnxThread.start({ model: file, providers: o.providers, threads, names: o.names, memoryArena: maxBatch > 1 }, ctx.log);
       try {
         checkBatchable(m, maxBatch);
         await warmUp(m, frameDims, o.layout, maxBatch);
