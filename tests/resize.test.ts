@@ -112,7 +112,9 @@ describe("resize", () => {
     const cases: [number, number, number, number, "letterbox" | "stretch"][] = [
       [480, 360, 640, 640, "letterbox"], // upscale: four output pixels per step
       [360, 480, 640, 640, "letterbox"], // portrait: bands left and right
-      [1280, 720, 640, 640, "letterbox"], // downscale: one pixel per step
+      [1280, 720, 640, 640, "letterbox"], // downscale 1:2: two output pixels per step
+      [1920, 1080, 640, 640, "letterbox"], // downscale 1:3: two per step
+      [2560, 1440, 640, 640, "letterbox"], // 1:4: one pixel per step
       [810, 1080, 640, 640, "letterbox"],
       [640, 640, 640, 640, "letterbox"], // 1:1
       [100, 37, 320, 250, "stretch"], // width not a multiple of 16

@@ -210,6 +210,36 @@ const across4: WasmFunction = {
   ],
 };
 
+/**
+ * across2(src, base, masks, w, groups, dst, stride): two output pixels at a
+ * time, where their source pixels lie within 16 bytes (downscales to 1:3,
+ * e.g. 1280x720 or 1920x1080 to 640): one load, two swizzles, two dot
+ * products with [wa0 wa1 wb0 wb1 wa0 wa1 wb0 wb1] (R and G pairs, B pair),
+ * three 8-byte stores.
+ */
+const across2: WasmFunction = {
+  name: "across2",
+  params: 7,
+  // 7 end, 8 stride×2, 9 v, 10 w, 11 rg
+  locals: [I32, I32, V128, V128, V128],
+  body: [
+    [get(6), get(6), op.add, set(8)],
+    [get(5), get(4), i32(3), op.shl, op.add, set(7)],
+    op.loop,
+    [get(0), get(1), op.load(), op.add, op.v128Load(), set(9)],
+    [get(3), op.v128Load(), set(10)],
+    [get(9), get(2), op.v128Load(), op.swizzle, op.i16x8ExtendLowU8, get(10), op.i32x4DotI16, set(11)],
+    [get(5), get(11), op.store64Lane(0)],
+    [get(5), get(6), op.add, get(11), op.store64Lane(1)],
+    [get(5), get(8), op.add, get(9), get(2), op.v128Load(16), op.swizzle, op.i16x8ExtendLowU8, get(10), op.i32x4DotI16, op.store64Lane(0)],
+    [get(1), i32(4), op.add, set(1)],
+    [get(2), i32(32), op.add, set(2)],
+    [get(3), i32(16), op.add, set(3)],
+    [get(5), i32(8), op.add, tee(5), get(7), op.ltU, op.brIf(0)],
+    op.end,
+  ],
+};
+
 /** blend(a, b, n, w1, out): one output row of one channel, (a×(2048−w1) + b×w1) >> 22 rounded, 16 bytes at a time. */
 const chunk = (offset: number) => [
   [get(0), get(5), op.add, op.v128Load(offset), get(7), op.i32x4Mul],
@@ -246,7 +276,7 @@ const blend: WasmFunction = {
 };
 
 /** Fields of the descriptor `letterbox` reads (i32 each, in this order). */
-const FIELDS = ["src", "x0", "w", "nw", "y0", "y1", "wy", "nh", "rowA", "rowB", "o0", "W", "plane", "mask", "stride", "groups", "base", "masks", "w4"] as const;
+const FIELDS = ["src", "x0", "w", "nw", "y0", "y1", "wy", "nh", "rowA", "rowB", "o0", "W", "plane", "mask", "stride", "groups", "base", "masks", "w4", "pairs"] as const;
 type Field = (typeof FIELDS)[number];
 const field = (f: Field) => [get(0), op.load(FIELDS.indexOf(f) * 4)];
 
@@ -259,11 +289,11 @@ const field = (f: Field) => [get(0), op.load(FIELDS.indexOf(f) * 4)];
 const rows: WasmFunction = {
   name: "letterbox",
   params: 1,
-  // 1 y, 2 ra, 3 rb, 4 ia, 5 ib, 6 t, 7 w1, 8 o, 9 A, 10 B, 11 groups (0: one pixel at a time), 12 stride, 13 plane, 14 nw
-  locals: Array<number>(14).fill(I32),
+  // 1 y, 2 ra, 3 rb, 4 ia, 5 ib, 6 t, 7 w1, 8 o, 9 A, 10 B, 11 groups of 4 (0: none), 12 stride, 13 plane, 14 nw, 15 groups of 2 (0: none)
+  locals: Array<number>(15).fill(I32),
   body: [
     [i32(-1), set(4), i32(-1), set(5), i32(0), set(1)],
-    [field("rowA"), set(9), field("rowB"), set(10), field("groups"), set(11), field("stride"), set(12), field("plane"), set(13), field("nw"), set(14)],
+    [field("rowA"), set(9), field("rowB"), set(10), field("groups"), set(11), field("stride"), set(12), field("plane"), set(13), field("nw"), set(14), field("pairs"), set(15)],
     op.loop,
     [field("y0"), get(1), shl2, op.add, op.load(), set(2)],
     [field("y1"), get(1), shl2, op.add, op.load(), set(3)],
@@ -279,15 +309,19 @@ const rows: WasmFunction = {
       [get(11), op.if],
       [field("src"), get(r), op.add, field("base"), field("masks"), field("w4"), get(11), get(dst), get(12), op.call(1)],
       op.else,
+      [get(15), op.if],
+      [field("src"), get(r), op.add, field("base"), field("masks"), field("w4"), get(15), get(dst), get(12), op.call(2)],
+      op.else,
       [field("src"), get(r), op.add, field("x0"), field("w"), get(14), get(dst), get(12), field("mask"), op.call(0)],
+      op.end,
       op.end,
       [get(r), set(held), op.end],
     ]),
     [field("wy"), get(1), shl2, op.add, op.load(), set(7)],
     [field("o0"), get(1), field("W"), op.mul, op.add, set(8)],
-    [get(9), get(10), get(14), get(7), get(8), op.call(2)],
-    [get(9), get(12), op.add, get(10), get(12), op.add, get(14), get(7), get(8), get(13), op.add, op.call(2)],
-    [get(9), get(12), i32(1), op.shl, op.add, get(10), get(12), i32(1), op.shl, op.add, get(14), get(7), get(8), get(13), i32(1), op.shl, op.add, op.call(2)],
+    [get(9), get(10), get(14), get(7), get(8), op.call(3)],
+    [get(9), get(12), op.add, get(10), get(12), op.add, get(14), get(7), get(8), get(13), op.add, op.call(3)],
+    [get(9), get(12), i32(1), op.shl, op.add, get(10), get(12), i32(1), op.shl, op.add, get(14), get(7), get(8), get(13), i32(1), op.shl, op.add, op.call(3)],
     [get(1), i32(1), op.add, tee(1), field("nh"), op.ltS, op.brIf(0)],
     op.end,
   ],
@@ -327,7 +361,7 @@ let module: WebAssembly.Module | null | undefined;
 /** The compiled kernels, or null where the runtime has no WebAssembly SIMD (then the TypeScript kernels run). */
 function kernels(): Exports | null {
   if (module === undefined) {
-    const bytes = assemble([across, across4, blend, rows, normalise]);
+    const bytes = assemble([across, across4, across2, blend, rows, normalise]);
     module = typeof WebAssembly === "object" && WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : null;
   }
   return module ? (new WebAssembly.Instance(module).exports as unknown as Exports) : null;
@@ -393,10 +427,14 @@ export class Letterboxer {
   private setUp(k: Exports, p: LetterboxPlan): void {
     const { nw, nh, W, H } = p;
     const a = this.at;
-    const groups = Math.ceil(nw / 4);
-    // Four output pixels per step where each group's source pixels (and right neighbours) lie within 16 bytes.
-    let fits = true;
-    for (let g = 0; g < groups && fits; g++) fits = p.x0[Math.min(nw - 1, 4 * g + 3)] - p.x0[4 * g] + 6 <= 16;
+    // Four output pixels per step where each group's source pixels (and right neighbours) lie within 16 bytes
+    // (upscales), else two (downscales to 1:3), else one.
+    const fitsIn16 = (size: number) => {
+      for (let x = 0; x < nw; x += size) if (p.x0[Math.min(nw - 1, x + size - 1)] - p.x0[x] + 6 > 16) return false;
+      return true;
+    };
+    const size = fitsIn16(4) ? 4 : fitsIn16(2) ? 2 : 0;
+    const groups = size ? Math.ceil(nw / size) : 0;
     let end = 16 * (FIELDS.length + 2);
     const take = (bytes: number) => {
       const at = end;
@@ -412,7 +450,8 @@ export class Letterboxer {
     a.y0 = take(nh * 4);
     a.y1 = take(nh * 4);
     a.wy = take(nh * 4);
-    a.stride = groups * 16;
+    // Row planes hold whole groups of four (the 4-pixel kernel writes 16 bytes a step).
+    a.stride = Math.ceil(nw / 4) * 16;
     a.rowA = take(3 * a.stride);
     a.rowB = take(3 * a.stride);
     // 16 bytes of slack: the last pixels' loads read past the image (with weight 0).
@@ -423,7 +462,8 @@ export class Letterboxer {
     a.nh = nh;
     a.W = W;
     a.plane = W * H;
-    a.groups = fits ? groups : 0;
+    a.groups = size === 4 ? groups : 0;
+    a.pairs = size === 2 ? groups : 0;
     reserve(k.memory, end);
     const heap = new Uint8Array(k.memory.buffer);
     const i32s = new Int32Array(k.memory.buffer);
@@ -436,8 +476,10 @@ export class Letterboxer {
       const w1 = p.wx[x];
       i16s.set([ONE - w1, w1, ONE - w1, w1, ONE - w1, w1, 0, 0], (a.w + x * 16) / 2);
     }
+    // Per group: its first source pixel, the swizzles that pair each pixel with its right neighbour
+    // (R and G pairs in the first 16 bytes, B pairs in the next), and the pixels' weights.
     for (let g = 0; g < groups; g++) {
-      const first = p.x0[4 * g];
+      const first = p.x0[size * g];
       i32s[a.base / 4 + g] = first;
       for (const [table, r, b] of [
         [this.masks.rgb, 0, 2],
@@ -445,20 +487,22 @@ export class Letterboxer {
       ]) {
         const m = heap.subarray(table + g * 32, table + g * 32 + 32);
         m.fill(16);
-        for (let i = 0; i < 4; i++) {
+        for (let i = 0; i < size; i++) {
           // Past the row's end (its last group): a copy of the last pixel, with weight 0.
-          const x = Math.min(nw - 1, 4 * g + i);
+          const x = Math.min(nw - 1, size * g + i);
           const left = p.x0[x] - first;
-          const right = fits ? Math.min(p.x1[x] - first, 15 - 2) : 0;
+          const right = Math.min(p.x1[x] - first, 15 - 2);
           m.set([left + r, right + r], 2 * i);
-          m.set([left + 1, right + 1], 8 + 2 * i);
+          m.set([left + 1, right + 1], 2 * size + 2 * i);
           m.set([left + b, right + b], 16 + 2 * i);
         }
       }
-      for (let i = 0; i < 4; i++) {
-        const x = 4 * g + i;
-        const w1 = x < nw ? p.wx[x] : 0;
-        i16s.set([x < nw ? ONE - w1 : 0, w1], (a.w4 + g * 16) / 2 + 2 * i);
+      for (let i = 0; i < size; i++) {
+        const x = size * g + i;
+        const w = x < nw ? [ONE - p.wx[x], p.wx[x]] : [0, 0];
+        const at = (a.w4 + g * 16) / 2 + 2 * i;
+        i16s.set(w, at);
+        if (size === 2) i16s.set(w, at + 4);
       }
     }
     i32s.set(p.y0, a.y0 / 4);

@@ -14,21 +14,25 @@ export interface RunResult<I extends ModelInput = ModelInput> {
 
 /**
  * Outputs handed over by inference threads are large (8.6 MB a frame for
- * YOLOv5 at 640) and short-lived, but Bun's collector sees them late: a
+ * YOLOv5 at 640) and short-lived, but Bun's collector frees them late: a
  * buffer that moved in from another thread and outlived one young
- * collection waits for a full one, and peak RSS grows by hundreds of MB.
- * After this many bytes received, a full collection is asked for (a few ms
- * on a small heap; docs/performance.md). Deno's V8 accounts for them itself.
+ * collection waits for a full one, and peak RSS grows by ~100 MB. After
+ * this many bytes received, a full collection of the JS heap is run
+ * (bun:jsc's fullGC: unlike Bun.gc it leaves the allocator's pages alone,
+ * which would only be faulted in again; docs/performance.md). Deno's V8
+ * accounts for such buffers itself.
  */
 const RECLAIM_AFTER_BYTES = 64 * 1024 * 1024;
 let received = 0;
-const collect = (globalThis as { Bun?: { gc?(full: boolean): void } }).Bun?.gc;
+// Not a literal specifier: Deno would try to load bun:jsc while building the module graph.
+const BUN_JSC = "bun:jsc";
+const fullGC = "Bun" in globalThis ? ((await import(BUN_JSC)) as { fullGC(): number }).fullGC : undefined;
 
 function noteReceived(bytes: number): void {
   received += bytes;
-  if (received < RECLAIM_AFTER_BYTES || !collect) return;
+  if (received < RECLAIM_AFTER_BYTES || !fullGC) return;
   received = 0;
-  collect(true);
+  fullGC();
 }
 
 /**

@@ -63,6 +63,7 @@ export const op = {
   v128Const: (bytes: readonly number[]) => simd(0x0c, ...bytes),
   load64Zero: (offset = 0) => mem(simd(0x5d), offset),
   store32Lane: (lane: number, offset = 0) => [...mem(simd(0x5a), offset), lane],
+  store64Lane: (lane: number, offset = 0) => [...mem(simd(0x5b), offset), lane],
   swizzle: simd(0x0e),
   i32x4Splat: simd(0x11),
   f32x4Splat: simd(0x13),
