@@ -7,7 +7,13 @@
  * into a received frame fails loudly instead of corrupting its neighbours.
  */
 
-export type PixelFormat = "rgb24" | "bgr24" | "jpeg";
+/**
+ * How `Image.data` is coded: raw pixels (rgb24, bgr24: 3 bytes a pixel, no
+ * padding), a JPEG file, or one encoded video access unit (h264, hevc:
+ * Annex B, parameter sets in-band before each keyframe; `meta.video` says
+ * pts and keyframe) as `ingest` with `decode: false` relays it.
+ */
+export type PixelFormat = "rgb24" | "bgr24" | "jpeg" | "h264" | "hevc";
 
 export interface Image {
   width: number;
