@@ -288,7 +288,8 @@ describe("load and unload", () => {
 
     const unload = await post("/v2/repository/models/yolov5n/unload", { parameters: { unload_dependents: false } });
     expect([unload.status, await unload.text()]).toEqual([200, ""]);
-    expect(server.child.stderr()).toContain("yolov5n version 1: unloaded (1 instance(s) released)");
+    // The log line reaches us through the child's stderr pipe, possibly after the response.
+    await until(() => server.child.stderr().includes("yolov5n version 1: unloaded (1 instance(s) released)"), "the unload log line");
     // The instance's thread (and onnxruntime's threads in it) end once its session is released.
     let after = await processUsage(pid);
     for (const end = performance.now() + 30_000; after.threads >= loaded.threads && performance.now() < end; ) {
