@@ -158,6 +158,18 @@ describe("distributed routing", () => {
     expect(w.log.text()).toContain("rejected message on fw.foreign._w.work.w1 (2 so far): frame meta has no wire format version (v)");
   });
 
+  test("file frames never drop for want of a worker: they wait past the request timeout, said in the log, and all arrive once one starts", async () => {
+    const src = await node("nowork", ["src", "out"], { FRAMES: "20" }, { requestTimeoutMs: 400 });
+    await until(() => src.log.text().includes("still waiting (start one, or stop the pipeline)"), "the waiting message");
+    await until(() => (src.log.text().match(/still waiting/g) ?? []).length >= 2, "a second waiting message, one timeout later");
+    const w = await node("nowork", ["work"], { FRAMES: "20" }, { workerId: "late" });
+    const summary = await src.done;
+    await w.done;
+    expect(sorted(seqs("nowork"))).toEqual(range(20));
+    expect(summary.stages.every((s) => s.dropped === 0 && s.failed === 0)).toBe(true);
+    expect(src.log.text()).toMatch(/frame s#0 has waited \d+ s for a worker of stage work/);
+  });
+
   test("NATS restarting mid-stream: the pipeline reconnects and finishes by itself", async () => {
     const own = await startNatsServer();
     const w = await node("restart", ["work"], { MS: "10", FRAMES: "60" }, { url: own.url, workerId: "w" });

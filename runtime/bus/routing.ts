@@ -91,7 +91,10 @@ export interface DispatcherOptions {
  * Every message is a request: the worker answers once it has processed it,
  * so the sender keeps at most the workers' advertised capacity in flight
  * (backpressure for file sources), and a message whose worker vanished or
- * did not answer in time is retried on another worker or counted as dropped.
+ * did not answer in time is retried on another worker. A live frame is
+ * dropped (counted) when no worker takes it; an event or a file frame never
+ * is: it waits and is retried, backing off, as long as the pipeline runs, and
+ * one still unsent when the pipeline stops is counted and logged as lost.
  * @example
  * const d = new Dispatcher(bus, "retail", detectStage, "edge", log, { timeoutMs: 5000 });
  * await d.send(frame); // resolves once the frame is on its way
@@ -106,6 +109,9 @@ export class Dispatcher {
   /** Messages in `launch`, waiting for a worker with room. */
   private waiting = 0;
   dropped = 0;
+  /** Messages that must not drop (events, file frames) still unsent when the sender closed (also counted in dropped). */
+  lost = 0;
+  private closed = false;
 
   constructor(
     private bus: NatsBus,
@@ -158,6 +164,7 @@ export class Dispatcher {
   }
 
   close(): void {
+    this.closed = true;
     clearInterval(this.sweeper);
     this.sub.unsubscribe();
   }
@@ -174,15 +181,22 @@ export class Dispatcher {
 
   private async waitAndSend(f: Flight, exclude?: string): Promise<void> {
     const droppable = isDroppable(f.msg);
-    let deadline = performance.now() + this.timeoutMs;
+    const since = performance.now();
+    let deadline = since + this.timeoutMs;
     for (;;) {
+      if (this.closed) return this.lose(f, "the pipeline stopped before a worker took it");
       const target = this.pick(droppable, exclude);
       if (target) return this.dispatch(f, target);
       // A live frame does not wait for a worker: the next one is fresher.
       if (droppable && this.live() === 0) return this.drop(f, `no worker of stage ${this.stage.id}`);
       // An outage is not the workers' fault: wait for the reconnect (the bus logs it).
       if (!this.bus.stats.connected) deadline = performance.now() + this.timeoutMs;
-      if (performance.now() > deadline) return this.drop(f, `no worker of stage ${this.stage.id} took it for ${this.timeoutMs / 1000} s`);
+      if (performance.now() > deadline) {
+        if (droppable) return this.drop(f, `no worker of stage ${this.stage.id} took it for ${this.timeoutMs / 1000} s`);
+        // Events and file frames never drop: they wait for a worker as long as the pipeline runs, said every timeout.
+        this.log.warn(`${describe(f.msg)} has waited ${Math.round((performance.now() - since) / 1000)} s for a worker of stage ${this.stage.id}; still waiting (start one, or stop the pipeline)`);
+        deadline = performance.now() + this.timeoutMs;
+      }
       await new Promise((r) => setTimeout(r, 5));
     }
   }
@@ -276,9 +290,22 @@ export class Dispatcher {
   /** Sends a message again, elsewhere when possible; drops it after MAX_TRIES. */
   private retry(f: Flight, worker: string | undefined, why: string, counts = true): void {
     if (!counts) f.tries--;
-    if (f.tries >= MAX_TRIES) return this.drop(f, `${why}; gave up after ${MAX_TRIES} tries`);
-    this.log.warn(`${describe(f.msg)} to stage ${this.stage.id}: ${why}; retrying${worker ? " on another worker" : ""}`);
-    void this.launch(f, worker);
+    const droppable = isDroppable(f.msg);
+    if (droppable && f.tries >= MAX_TRIES) return this.drop(f, `${why}; gave up after ${MAX_TRIES} tries`);
+    // Events and file frames are retried as long as the pipeline runs, backing off to 1 s between tries.
+    const pause = droppable || f.tries < MAX_TRIES ? 0 : Math.min(1000, 50 * 2 ** (f.tries - MAX_TRIES));
+    if (f.tries <= MAX_TRIES || f.tries % 10 === 0) {
+      this.log.warn(`${describe(f.msg)} to stage ${this.stage.id}: ${why}; retrying${worker ? " on another worker" : ""}${f.tries >= MAX_TRIES ? ` (try ${f.tries + 1})` : ""}`);
+    }
+    if (pause === 0) void this.launch(f, worker);
+    else setTimeout(() => void this.launch(f, worker), pause);
+  }
+
+  /** A message that must not drop, still unsent when the pipeline stops: counted and said, never silent. */
+  private lose(f: Flight, why: string): void {
+    this.lost++;
+    this.dropped++;
+    if (this.lost <= 5 || this.lost % 100 === 0) this.log.error(`${describe(f.msg)} for stage ${this.stage.id} was not delivered (${this.lost} so far): ${why}`);
   }
 
   private drop(f: Flight, why: string): void {
