@@ -13,8 +13,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { decideTier, registerBrowser } from "../runtime/observe/http/browser.ts";
 import { createLogger } from "../runtime/core/log.ts";
-import { letterboxPixels } from "../runtime/media/letterbox.ts";
-import { Letterboxer, makePlan, toUnitFloats } from "../runtime/inference/letterbox.ts";
+import { letterboxPixels, letterboxScalar, makePlan, PAD, toUnitFloats } from "../runtime/inference/letterbox.ts";
 import { chromiumPath, openBrowser, type Browser } from "./support/browser.ts";
 import { startPipelineProcess, type PipelineProcess } from "./support/http.ts";
 import { busImage, repoRoot, tempDir, zidaneImage } from "./support/paths.ts";
@@ -126,8 +125,11 @@ describe("browser letterbox", () => {
       rgb.set(px, i * 3);
       rgba.set([...px, 255], i * 4);
     }
+    // The resize operator's reference kernel (the TypeScript one), bands included.
     const plan = makePlan(w, h, 64, 64, "letterbox");
-    const server = toUnitFloats(new Letterboxer().run(rgb, plan, false));
+    const bytes = new Uint8Array(3 * 64 * 64).fill(PAD);
+    letterboxScalar(rgb, plan, false, bytes);
+    const server = toUnitFloats(bytes);
     const fromRgb = letterboxPixels(rgb, w, h, 3, 64, 64);
     const fromRgba = letterboxPixels(rgba, w, h, 4, 64, 64);
     expect(fromRgb.letterbox).toEqual(plan.box);

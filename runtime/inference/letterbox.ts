@@ -563,3 +563,43 @@ export function toUnitFloats(bytes: Uint8Array): Float32Array {
   return shared.run(bytes).slice();
 }
 let shared: Normaliser | undefined;
+
+/** A letterboxed model input: 1×3×H×W float32 values 0..1 (R, G, B planes) and how the image was fitted. */
+export interface LetterboxedInput {
+  data: Float32Array;
+  dims: [1, 3, number, number];
+  letterbox: Letterbox;
+}
+
+let pixelBoxer: Letterboxer | undefined;
+
+/**
+ * Letterboxes packed pixels (`channels` bytes per pixel, R G B first; a
+ * 4th byte such as a canvas's alpha is ignored) into a new 1×3×H×W float32
+ * model input: the `resize` operator's kernel and arithmetic, for code that
+ * feeds a model itself (the browser page, web/browser/). The same pixels in
+ * give the same tensor the server feeds its model.
+ * @throws RangeError when `pixels` is shorter than width × height × channels.
+ * @example
+ * const rgba = ctx.getImageData(0, 0, w, h).data; // a canvas
+ * const input = letterboxPixels(rgba, w, h, 4, 640, 640);
+ * new ort.Tensor("float32", input.data, input.dims);
+ */
+export function letterboxPixels(pixels: Uint8Array | Uint8ClampedArray, sw: number, sh: number, channels: 3 | 4, W: number, H: number): LetterboxedInput {
+  if (!(sw > 0 && sh > 0 && W > 0 && H > 0)) throw new RangeError(`letterbox: sizes must be positive, got ${sw}x${sh} into ${W}x${H}`);
+  const n = sw * sh;
+  if (pixels.length < n * channels) throw new RangeError(`letterbox: ${pixels.length} bytes for a ${sw}x${sh} image of ${channels} channels`);
+  let rgb: Uint8Array;
+  if (channels === 3) rgb = new Uint8Array(pixels.buffer, pixels.byteOffset, n * 3);
+  else {
+    rgb = new Uint8Array(n * 3);
+    for (let i = 0, j = 0; i < n; i++, j += 4) {
+      rgb[3 * i] = pixels[j];
+      rgb[3 * i + 1] = pixels[j + 1];
+      rgb[3 * i + 2] = pixels[j + 2];
+    }
+  }
+  const plan = makePlan(sw, sh, W, H, "letterbox");
+  const bytes = (pixelBoxer ??= new Letterboxer()).run(rgb, plan, false);
+  return { data: toUnitFloats(bytes), dims: [1, 3, H, W], letterbox: plan.box };
+}

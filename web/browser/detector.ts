@@ -1,14 +1,14 @@
 /**
  * Detection in the browser: onnxruntime-web (WebGPU where the browser has
  * it, else WebAssembly with threads where the page is cross-origin
- * isolated) runs the model; the letterbox (runtime/media/letterbox.ts) and
+ * isolated) runs the model; the letterbox (runtime/inference/letterbox.ts, the resize operator's kernel) and
  * the YOLO decoding and NMS (runtime/inference/yolo.ts) are the server's own
  * modules, bundled as they are.
  */
 import * as ort from "onnxruntime-web";
 import type { Detection, Predictions } from "../../runtime/core/message.ts";
 import { decodeDetections, detectLayout } from "../../runtime/inference/yolo.ts";
-import { letterboxPixels } from "../../runtime/media/letterbox.ts";
+import { letterboxPixels } from "../../runtime/inference/letterbox.ts";
 import type { BrowserConfig, PublishedDetection } from "../../runtime/observe/http/browser-protocol.ts";
 
 export type Backend = "webgpu" | "wasm";
