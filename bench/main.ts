@@ -13,6 +13,7 @@ const sections: Record<string, () => Promise<string>> = {
   serve: () => import("./serve.ts").then((m) => m.benchServe()),
   retail: () => import("./retail.ts").then((m) => m.benchRetail()),
   nats: () => import("./nats.ts").then((m) => m.benchNats()),
+  wire: () => import("./wire.ts").then((m) => m.benchWire()),
   runtimes: () => import("./runtimes.ts").then((m) => m.benchRuntimes()),
   streams: () => import("./streams.ts").then((m) => m.benchStreams()),
   browser: () => import("./browser.ts").then((m) => m.benchBrowser()),

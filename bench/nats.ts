@@ -20,6 +20,7 @@ import { loadRegistry } from "../runtime/spec/registry.ts";
 import type { PipelineSummary } from "../runtime/core/stats.ts";
 import { Histogram } from "../runtime/core/histogram.ts";
 import { decodeMessage, encodeMessage } from "../runtime/bus/wire.ts";
+import { pixelTensor } from "../runtime/inference/pixel-tensor.ts";
 import { startNatsServer, type NatsServer } from "../tests/support/nats.ts";
 import { startProcess, type Child } from "../tests/support/process.ts";
 import { fmt, markdownTable } from "./table.ts";
@@ -64,7 +65,7 @@ async function hops(publish: (f: Frame) => Promise<void>, subscribe: (h: () => v
   return { p50: hist.quantile(0.5), p99: hist.quantile(0.99), bytes: 0 };
 }
 
-/** Mean time to encode and decode `frame` in wire format v1 (raw). */
+/** Mean time to encode and decode `frame` in wire format v2 (raw). */
 function codecMs(frame: Frame, n = 50): number {
   const t0 = performance.now();
   for (let i = 0; i < n; i++) decodeMessage(encodeMessage(frame));
@@ -73,7 +74,7 @@ function codecMs(frame: Frame, n = 50): number {
 
 async function hopSection(server: NatsServer, n = 100): Promise<string> {
   const frame = await clipFrame();
-  const withTensor: Frame = { ...frame, tensor: { dims: [1, 3, 640, 640], dtype: "float32", data: new Float32Array(3 * 640 * 640).fill(0.5), letterbox: { scaleX: 1, scaleY: 1, padX: 0, padY: 0 } } };
+  const withTensor: Frame = { ...frame, tensor: pixelTensor([1, 3, 640, 640], new Uint8Array(3 * 640 * 640).fill(128), { scaleX: 1, scaleY: 1, padX: 0, padY: 0 }) };
   const memory = new MemoryBus();
   const mem = await hops((f) => memory.publish("h", f), async (h) => void memory.subscribe("h", h), frame, n);
   const pub = await NatsBus.connect({ url: server.url, log: quiet });

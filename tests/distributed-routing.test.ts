@@ -147,14 +147,14 @@ describe("distributed routing", () => {
     const w = await node("foreign", ["work"], { FRAMES: "20" }, { workerId: "w1" });
     const raw = w.bus.nc;
     raw.publish("fw.foreign._w.work.w1", "not a frame");
-    const reply = await raw.request("fw.foreign._w.work.w1", new Uint8Array([0x46, 0x57, 0x4d, 0x31, 0, 0, 0, 2, 0x7b, 0x7d]), { timeout: 3000 });
+    const reply = await raw.request("fw.foreign._w.work.w1", new Uint8Array([0x46, 0x57, 0x4d, 0x32, 0, 0, 0, 2, 0x7b, 0x7d]), { timeout: 3000 });
     expect(reply.string()).toBe("rejected");
     const src = await node("foreign", ["src", "out"], { FRAMES: "20" });
     await src.done;
     await w.done;
     expect(sorted(seqs("foreign"))).toEqual(range(20));
     expect(w.bus.stats.rejected).toBe(2);
-    expect(w.log.text()).toContain("rejected message on fw.foreign._w.work.w1 (1 so far): not framewire wire format v1");
+    expect(w.log.text()).toContain("rejected message on fw.foreign._w.work.w1 (1 so far): not framewire wire format v2");
     expect(w.log.text()).toContain("rejected message on fw.foreign._w.work.w1 (2 so far): frame meta has no wire format version (v)");
   });
 

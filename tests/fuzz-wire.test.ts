@@ -1,11 +1,15 @@
 /**
- * Generated bad wire messages: mutations of real encodeMessage output must
- * make decodeMessage throw WireFormatError or return a well-formed message
- * (consistent sizes), never throw anything else.
+ * Generated bad wire messages (wire v2): mutations of real encoder output
+ * (raw with a uint8 tensor, JPEG from sharp and from jpeg-js, an H.264
+ * access unit, a bare frame, an event) must make both decoders (the
+ * synchronous one, jpeg-js; the asynchronous one, sharp) throw
+ * WireFormatError or return a well-formed message (consistent sizes),
+ * never throw anything else.
  */
 import { describe, expect, test } from "bun:test";
 import type { Frame, Message } from "../runtime/core/message.ts";
-import { decodeMessage, encodeMessage, WIRE_LIMITS, WireFormatError } from "../runtime/bus/wire.ts";
+import { byteTensor } from "../runtime/core/byte-tensor.ts";
+import { decodeMessage, decodeMessageAsync, encodeMessage, encodeMessageAsync, WIRE_LIMITS, WireFormatError } from "../runtime/bus/wire.ts";
 import { flipBytes, rng, type Rng } from "./fuzz-support.ts";
 
 const CASES = 400;
@@ -20,19 +24,31 @@ function sampleFrame(r: Rng): Frame {
     ts: Date.now(),
     live: true,
     image: { width, height, format: "rgb24", data: r.bytes(width * height * 3) },
-    tensor: { dims: [1, 3, 4, 4], dtype: "float32", data: new Float32Array(48).map(() => r.next()), letterbox: { scaleX: 0.5, scaleY: 0.5, padX: 0, padY: 2 } },
+    tensor: byteTensor([1, 3, 4, 4], r.bytes(48), { scaleX: 0.5, scaleY: 0.5, padX: 0, padY: 2 }),
     predictions: { layout: "yolov5", dims: [1, 2, 7], data: new Float32Array(14).map(() => r.next()), classNames: ["person", "car"], model: "m.onnx" },
     detections: [{ class: "person", classId: 0, score: 0.9, box: [1, 2, 3, 4], trackId: 3 }],
     timings: { cam: 1.5 },
   };
 }
 
-/** The real encodings the mutations start from: raw, JPEG-on-the-wire, a bare frame and an event. */
-function originals(r: Rng): Uint8Array[] {
+/** The real encodings the mutations start from: raw, JPEG-on-the-wire (sharp, jpeg-js), a bare frame, an H.264 access unit, and an event (last). */
+async function originals(r: Rng): Promise<Uint8Array[]> {
   const f = sampleFrame(r);
   const bare: Frame = { kind: "frame", stream: "s", seq: 0, ts: 0, live: false, image: f.image, timings: {} };
+  const packet: Frame = {
+    ...bare,
+    image: { width: 1280, height: 720, format: "h264", data: r.bytes(20 + r.int(200)) },
+    meta: { video: { codec: "h264", pts: r.int(10_000), keyframe: r.next() < 0.5 } },
+  };
   const event: Message = { kind: "event", stream: "cam", seq: 4, ts: 1, type: "line-cross", data: { line: "door", dir: "in" } };
-  return [encodeMessage(f), encodeMessage(f, { encoding: "jpeg", quality: 70 }), encodeMessage(bare), encodeMessage(event)];
+  return [
+    encodeMessage(f),
+    await encodeMessageAsync(f, { encoding: "jpeg", quality: 70 }),
+    encodeMessage(f, { encoding: "jpeg", quality: 70 }),
+    encodeMessage(bare),
+    encodeMessage(packet),
+    encodeMessage(event),
+  ];
 }
 
 const metaLen = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset).getUint32(4);
@@ -129,7 +145,11 @@ function checkWellFormed(m: Message): void {
     return;
   }
   const { width, height, format, data } = m.image;
-  if (format !== "jpeg") expect(data.length).toBe(width * height * 3);
+  if (format === "h264" || format === "hevc") {
+    expect(data.length).toBeGreaterThanOrEqual(1);
+    expect(data.length).toBeLessThanOrEqual(WIRE_LIMITS.maxPacketBytes);
+    expect((m.meta?.video as { codec?: string } | undefined)?.codec).toBe(format);
+  } else if (format !== "jpeg") expect(data.length).toBe(width * height * 3);
   for (const t of [m.tensor, m.predictions]) {
     if (!t) continue;
     // What a frame declares is what it carries: every dim at least 1, every value in the blob.
@@ -138,60 +158,68 @@ function checkWellFormed(m: Message): void {
   }
 }
 
-function decodeOutcome(bytes: Uint8Array, what: string): "ok" | "refused" {
-  try {
-    checkWellFormed(decodeMessage(bytes));
-    return "ok";
-  } catch (err) {
-    if (err instanceof WireFormatError) return "refused";
-    throw new Error(`${what}: ${(err as Error)?.name}: ${(err as Error)?.message}`);
+/** Both decoders on the same bytes: "ok" when both give a well-formed message, "refused" when either refuses with a WireFormatError. */
+async function decodeOutcome(bytes: Uint8Array, what: string): Promise<"ok" | "refused"> {
+  const outcomes: ("ok" | "refused")[] = [];
+  for (const decode of [decodeMessage, decodeMessageAsync]) {
+    try {
+      checkWellFormed(await decode(bytes));
+      outcomes.push("ok");
+    } catch (err) {
+      if (!(err instanceof WireFormatError)) throw new Error(`${what} (${decode.name}): ${(err as Error)?.name}: ${(err as Error)?.message}`);
+      outcomes.push("refused");
+    }
   }
+  return outcomes.includes("refused") ? "refused" : "ok";
 }
 
 describe("fuzzed wire messages", () => {
-  test(`${CASES} seeded mutations of real encodings: WireFormatError or a well-formed message`, () => {
+  test(`${CASES} seeded mutations of real encodings: WireFormatError or a well-formed message`, async () => {
     const r = rng(0x1dea);
     const tally = { ok: 0, refused: 0 };
     const names = Object.keys(frameMutations);
     for (let n = 0; n < CASES; n++) {
-      const base = originals(r);
-      const frames = base.slice(0, 3);
+      const base = await originals(r);
+      const frames = base.slice(0, 5);
       const name = r.pick(names);
       const bytes = frameMutations[name](r, r.pick(frames));
       // A decoded JPEG never exceeds the wire limits: checked from its header, before decoding.
       if (name === "forged JPEG frame size") {
-        try {
-          const f = decodeMessage(bytes);
-          if (f.kind === "frame") expect(f.image.width * f.image.height * 3).toBeLessThanOrEqual(bytes.length * WIRE_LIMITS.maxJpegRatio);
-        } catch (err) {
-          if (!(err instanceof WireFormatError)) throw err;
+        for (const decode of [decodeMessage, decodeMessageAsync]) {
+          try {
+            const f = await decode(bytes);
+            // (an access unit is never decoded here: its bytes are bounded by maxPacketBytes instead)
+            if (f.kind === "frame" && f.image.format !== "h264") expect(f.image.width * f.image.height * 3).toBeLessThanOrEqual(bytes.length * WIRE_LIMITS.maxJpegRatio);
+          } catch (err) {
+            if (!(err instanceof WireFormatError)) throw err;
+          }
         }
       }
-      tally[decodeOutcome(bytes, `case ${n} (${name})`)]++;
+      tally[await decodeOutcome(bytes, `case ${n} (${name})`)]++;
     }
     expect(tally.ok + tally.refused).toBe(CASES);
     expect(tally.refused).toBeGreaterThan(CASES / 2);
   });
 
-  test("random JSON, mutated events and random bytes", () => {
+  test("random JSON, mutated events and random bytes", async () => {
     const r = rng(0xbeef);
     const enc = new TextEncoder();
     const outcomes: string[] = [];
-    const event = originals(r)[3];
-    for (let n = 0; n < 100; n++) outcomes.push(decodeOutcome(enc.encode(JSON.stringify(randomJson(r))), `json ${n}`));
-    for (let n = 0; n < 50; n++) outcomes.push(decodeOutcome(r.next() < 0.5 ? event.subarray(0, r.int(event.length)) : flipBytes(r, event, 1 + r.int(4)), `event ${n}`));
+    const event = (await originals(r)).at(-1)!;
+    for (let n = 0; n < 100; n++) outcomes.push(await decodeOutcome(enc.encode(JSON.stringify(randomJson(r))), `json ${n}`));
+    for (let n = 0; n < 50; n++) outcomes.push(await decodeOutcome(r.next() < 0.5 ? event.subarray(0, r.int(event.length)) : flipBytes(r, event, 1 + r.int(4)), `event ${n}`));
     for (let n = 0; n < 50; n++) {
       const bytes = r.bytes(r.int(300));
       // Half of them start with the magic so they reach the frame parser.
-      if (r.next() < 0.5 && bytes.length >= 4) bytes.set([0x46, 0x57, 0x4d, 0x31]);
-      outcomes.push(decodeOutcome(bytes, `bytes ${n}`));
+      if (r.next() < 0.5 && bytes.length >= 4) bytes.set([0x46, 0x57, 0x4d, r.next() < 0.8 ? 0x32 : 0x31]);
+      outcomes.push(await decodeOutcome(bytes, `bytes ${n}`));
     }
     expect(outcomes).toHaveLength(200);
     expect(outcomes.filter((o) => o === "refused").length).toBeGreaterThan(150);
-    expect(decodeOutcome(new Uint8Array(0), "empty")).toBe("refused");
+    expect(await decodeOutcome(new Uint8Array(0), "empty")).toBe("refused");
   });
 
-  test("the unmutated encodings decode (the generators start from valid messages)", () => {
-    for (const b of originals(rng(1))) expect(decodeOutcome(b, "original")).toBe("ok");
+  test("the unmutated encodings decode (the generators start from valid messages)", async () => {
+    for (const b of await originals(rng(1))) expect(await decodeOutcome(b, "original")).toBe("ok");
   });
 });

@@ -3,7 +3,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ConfigError } from "../runtime/core/errors.ts";
+import { tensorPixels } from "../runtime/core/byte-tensor.ts";
 import type { Frame, Message } from "../runtime/core/message.ts";
+import { pixelTensor } from "../runtime/inference/pixel-tensor.ts";
 import { NatsBus, PayloadTooLargeError } from "../runtime/bus/nats.ts";
 import { makeEvent, makeFrame } from "./support/frames.ts";
 import { startNatsServer, stopAllNatsServers, type NatsServer } from "./support/nats.ts";
@@ -60,9 +62,38 @@ describe("NatsBus", () => {
     await until(() => got.length === 3, "the JPEG frame");
     expect(jpegBytes * 5).toBeLessThan(f.image.data.length);
     expect((got[2] as Frame).image).toMatchObject({ width: 100, height: 100, format: "rgb24" });
+    expect((got[2] as Frame).image.data.length).toBe(100 * 100 * 3);
   });
 
-  test("tensors and predictions arrive intact whatever their byte offset in the message (unaligned blobs are copied)", async () => {
+  test("JPEG frames decode concurrently (sharp) and reach the handler in the order they were sent", async () => {
+    const a = await bus();
+    const b = await bus();
+    const got: Frame[] = [];
+    b.subscribe("fw.t.order", (m) => void got.push(m as Frame));
+    await b.nc.flush();
+    // Big and small frames alternate: a small one decodes faster than the big one sent before it.
+    for (let seq = 0; seq < 20; seq++) a.publish("fw.t.order", picture(seq, { width: seq % 2 ? 16 : 640 }), { encoding: "jpeg", quality: 80 });
+    await until(() => got.length === 20, "20 JPEG frames");
+    expect(got.map((f) => f.seq)).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    expect(got.map((f) => f.image.data.length)).toEqual(Array.from({ length: 20 }, (_, i) => (i % 2 ? 16 : 640) * 100 * 3));
+  });
+
+  test("a handler that throws is logged and the messages after it still arrive in order", async () => {
+    const a = await bus();
+    const b = await bus();
+    const got: number[] = [];
+    b.subscribe("fw.t.throw", (m) => {
+      if (m.seq === 1) throw new Error("boom");
+      got.push(m.seq);
+    });
+    await b.nc.flush();
+    for (let seq = 0; seq < 4; seq++) await a.publish("fw.t.throw", picture(seq, { width: 8 }));
+    await until(() => got.length === 3, "the 3 other frames");
+    expect(got).toEqual([0, 2, 3]);
+    expect(logOf(b).lines.some((l) => l.includes("handler for fw.t.throw: boom"))).toBe(true);
+  });
+
+  test("uint8 tensors and float32 predictions arrive intact whatever their byte offset in the message (unaligned blobs are copied)", async () => {
     const a = await bus();
     const b = await bus();
     const got: Frame[] = [];
@@ -73,9 +104,10 @@ describe("NatsBus", () => {
     for (const stream of ["a", "ab", "abc", "abcd"]) {
       const f = makeFrame(1, { stream, width: 2, height: 2 });
       const values = Float32Array.from({ length: 12 }, (_, i) => i + stream.length / 10);
+      const bytes = Uint8Array.from({ length: 12 }, (_, i) => i * 20 + stream.length);
       const frame: Frame = {
         ...f,
-        tensor: { dims: [1, 3, 2, 2], dtype: "float32", data: values, letterbox: { scaleX: 1, scaleY: 1, padX: 0, padY: 0 } },
+        tensor: pixelTensor([1, 3, 2, 2], bytes, { scaleX: 1, scaleY: 1, padX: 0, padY: 0 }),
         predictions: { layout: "yolov5", dims: [1, 2, 6], data: values.map((x) => -x), classNames: ["person"], model: "m.onnx" },
       };
       sent.push(frame);
@@ -83,6 +115,7 @@ describe("NatsBus", () => {
     }
     await until(() => got.length === 4, "4 frames with tensors");
     for (const [i, f] of got.entries()) {
+      expect(tensorPixels(f.tensor!)).toEqual(tensorPixels(sent[i].tensor!)!);
       expect([...f.tensor!.data]).toEqual([...sent[i].tensor!.data]);
       expect([...f.predictions!.data]).toEqual([...sent[i].predictions!.data]);
     }
@@ -118,16 +151,19 @@ describe("NatsBus", () => {
     await b.nc.flush();
     const raw = (await bus()).nc;
     raw.publish("fw.t.in", "hello");
-    raw.publish("fw.t.in", new Uint8Array([0x46, 0x57, 0x4d, 0x31, 0xff, 0xff, 0xff, 0xff]));
+    raw.publish("fw.t.in", new Uint8Array([0x46, 0x57, 0x4d, 0x32, 0xff, 0xff, 0xff, 0xff]));
+    raw.publish("fw.t.in", new Uint8Array([0x46, 0x57, 0x4d, 0x31, 0, 0, 0, 2, 0x7b, 0x7d])); // a v1 sender's frame
     raw.publish("fw.t.in", JSON.stringify({ kind: "event", stream: 3 }));
     const reply = await raw.request("fw.t.req", "{}", { timeout: 5000 });
     expect(reply.string()).toBe("rejected");
     await b.publish("fw.t.in", makeEvent(9));
     await until(() => got.length === 1, "the valid event");
     expect(got[0]).toMatchObject({ kind: "event", seq: 9 });
-    expect(b.stats.rejected).toBe(4);
+    expect(b.stats.rejected).toBe(5);
+    expect(b.stats.rejectedBy.malformed).toBe(5);
     const warnings = logOf(b).lines.filter((l) => l.startsWith("warn"));
-    expect(warnings.filter((l) => l.includes("rejected message on fw.t.in"))).toHaveLength(3);
+    expect(warnings.filter((l) => l.includes("rejected message on fw.t.in"))).toHaveLength(4);
+    expect(warnings.some((l) => l.includes("frame is wire format v1 (FWM1); this framewire reads v2: upgrade the sender"))).toBe(true);
     expect(warnings.some((l) => l.includes("rejected message on fw.t.req") && l.includes("not a framewire event"))).toBe(true);
     expect(warnings.some((l) => l.includes("meta length"))).toBe(true);
   });

@@ -3,9 +3,11 @@
  * header against meta.image, tensor and predictions dims against their
  * blobs and a YOLO layout) is checked before anything is decoded or
  * allocated, so the work a frame costs is bounded by the bytes it carries.
- * Then the same messages, 500 of them mixed, through a real nats-server:
- * every one refused and counted by reason, the log rate-limited, the real
- * frames around them delivered.
+ * Both decoders (jpeg-js, synchronous; sharp, asynchronous) see a JPEG only
+ * after its header passed. Then the same messages, 500 of them mixed (and
+ * v1 frames, and oversized H.264 access units), through a real
+ * nats-server: every one refused and counted by reason, the log
+ * rate-limited, the real frames around them delivered.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readFile } from "node:fs/promises";
@@ -13,7 +15,7 @@ import { join } from "node:path";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { encode as encodeJpeg } from "jpeg-js";
 import { NatsBus } from "../runtime/bus/nats.ts";
-import { decodeMessage, encodeMessage, WIRE_LIMITS, WireFormatError, WireLimitError } from "../runtime/bus/wire.ts";
+import { decodeMessage, decodeMessageAsync, encodeMessage, encodeMessageAsync, WIRE_LIMITS, WireFormatError, WireLimitError } from "../runtime/bus/wire.ts";
 import type { Frame, Message } from "../runtime/core/message.ts";
 import { resolveFfmpeg } from "../runtime/media/ffmpeg.ts";
 import { CorruptImageError, readImageHeader } from "../runtime/media/image-decode.ts";
@@ -64,7 +66,7 @@ function padded(j: Uint8Array, n: number): Uint8Array {
 function message(meta: Record<string, unknown>, blobs: [string, Uint8Array][]): Uint8Array {
   const m = enc.encode(JSON.stringify({ ...meta, blobs: blobs.map(([name, b]) => ({ name, length: b.length })) }));
   const out = new Uint8Array(8 + m.length + blobs.reduce((a, [, b]) => a + b.length, 0));
-  out.set([0x46, 0x57, 0x4d, 0x31]);
+  out.set([0x46, 0x57, 0x4d, 0x32]);
   new DataView(out.buffer).setUint32(4, m.length);
   out.set(m, 8);
   let off = 8 + m.length;
@@ -75,7 +77,7 @@ function message(meta: Record<string, unknown>, blobs: [string, Uint8Array][]): 
   return out;
 }
 
-const head = (seq: number) => ({ v: 1, kind: "frame", stream: "cam", seq, ts: Date.now(), live: true, timings: {} });
+const head = (seq: number) => ({ v: 2, kind: "frame", stream: "cam", seq, ts: Date.now(), live: true, timings: {} });
 
 /** The issue's message: 2,199 bytes whose JPEG header declares 8000×8000. */
 function forgedJpegFrame(seq = 1, width = 8000, height = 8000, total = 2199): Uint8Array {
@@ -94,12 +96,12 @@ function predictionsFrame(seq: number, dims: number[], bytes = 0, layout = "yolo
     {
       ...head(seq),
       image: { width: 2, height: 2, format: "rgb24" },
-      ...(tensor ? { tensor: { dims: tensor, dtype: "float32", letterbox: { scaleX: 1, scaleY: 1, padX: 0, padY: 0 } } } : {}),
-      predictions: { layout, dims, classNames: ["person"], model: "m.onnx" },
+      ...(tensor ? { tensor: { dims: tensor, dtype: "uint8", letterbox: { scaleX: 1, scaleY: 1, padX: 0, padY: 0 } } } : {}),
+      predictions: { layout, dims, dtype: "float32", classNames: ["person"], model: "m.onnx" },
     },
     [
       ["image", new Uint8Array(12)],
-      ...(tensor ? [["tensor", new Uint8Array(tensor.reduce((a, b) => a * b, 1) * 4)] as [string, Uint8Array]] : []),
+      ...(tensor ? [["tensor", new Uint8Array(tensor.reduce((a, b) => a * b, 1))] as [string, Uint8Array]] : []),
       ["predictions", new Uint8Array(bytes)],
     ],
   );
@@ -115,14 +117,40 @@ function refusal(bytes: Uint8Array): WireFormatError {
   throw new Error("the message was accepted");
 }
 
+/** The same refusal from the asynchronous decoder (sharp): the header checks run before it too. */
+async function refusalAsync(bytes: Uint8Array): Promise<WireFormatError> {
+  try {
+    await decodeMessageAsync(bytes);
+  } catch (e) {
+    if (e instanceof WireFormatError) return e;
+    throw e;
+  }
+  throw new Error("the message was accepted");
+}
+
+/** A frame message of a v1 sender: FWM1, meta v 1. */
+function v1Frame(seq: number): Uint8Array {
+  const b = message({ ...head(seq), v: 1, image: { width: 2, height: 2, format: "rgb24" } }, [["image", new Uint8Array(12)]]);
+  b[3] = 0x31;
+  return b;
+}
+
+/** An H.264 access unit message declaring `bytes` of packet (the blob really that long). */
+function packetMessage(seq: number, bytes: number): Uint8Array {
+  const au = new Uint8Array(bytes);
+  au.set([0, 0, 0, 1, 0x65]);
+  return message({ ...head(seq), image: { width: 1920, height: 1080, format: "h264" }, meta: { video: { codec: "h264", pts: seq * 40, keyframe: true } } }, [["image", au]]);
+}
+
 describe("a JPEG blob's own header, before decoding", () => {
-  test("the issue's 2,199-byte frame declaring 8000x8000 is refused from its header (E_WIRE_LIMIT)", () => {
+  test("the issue's 2,199-byte frame declaring 8000x8000 is refused from its header (E_WIRE_LIMIT), by both decoders", async () => {
     const bytes = forgedJpegFrame();
     expect(bytes.length).toBe(2199);
-    const err = refusal(bytes);
-    expect(err).toBeInstanceOf(WireLimitError);
-    expect(err.code).toBe("E_WIRE_LIMIT");
-    expect(err.message).toContain("JPEG frame header declares 8000x8000 (64.0 MP); the wire limit is 33.2 MP");
+    for (const err of [refusal(bytes), await refusalAsync(bytes)]) {
+      expect(err).toBeInstanceOf(WireLimitError);
+      expect(err.code).toBe("E_WIRE_LIMIT");
+      expect(err.message).toContain("JPEG frame header declares 8000x8000 (64.0 MP); the wire limit is 33.2 MP");
+    }
   });
 
   test("within the pixel limit, a size out of proportion to the blob is refused by its compression ratio", () => {
@@ -164,10 +192,12 @@ describe("a JPEG blob's own header, before decoding", () => {
     expect(readImageHeader(j)).toEqual({ format: "jpeg", width: 16, height: 16 });
   });
 
-  test("the flattest real JPEGs pass: jpeg-js's link, and ffmpeg's 4:2:0 with optimal Huffman tables (~500:1)", async () => {
+  test("the flattest real JPEGs pass: jpeg-js's and sharp's links, and ffmpeg's 4:2:0 with optimal Huffman tables (~500:1)", async () => {
     const flat = makeFrame(1, { width: 640, height: 480, fill: () => [0, 0, 0] });
     const back = decodeMessage(encodeMessage(flat, { encoding: "jpeg", quality: 85 })) as Frame;
     expect(back.image.data.length).toBe(640 * 480 * 3);
+    const viaSharp = (await decodeMessageAsync(await encodeMessageAsync(flat, { encoding: "jpeg", quality: 85 }))) as Frame;
+    expect(viaSharp.image.data.length).toBe(640 * 480 * 3);
 
     const dir = await tempDir("framewire-flat-");
     try {
@@ -176,8 +206,9 @@ describe("a JPEG blob's own header, before decoding", () => {
       expect(await ff.exited).toBe(0);
       const jpeg = new Uint8Array(await readFile(file));
       expect((1920 * 1080 * 3) / jpeg.length).toBeGreaterThan(400); // as flat as JPEG gets
-      const f = decodeMessage(message({ ...head(1), image: { width: 1920, height: 1080, format: "rgb24", encoding: "jpeg" } }, [["image", jpeg]])) as Frame;
-      expect(f.image.data.length).toBe(1920 * 1080 * 3);
+      const ffFrame = message({ ...head(1), image: { width: 1920, height: 1080, format: "rgb24", encoding: "jpeg" } }, [["image", jpeg]]);
+      expect((decodeMessage(ffFrame) as Frame).image.data.length).toBe(1920 * 1080 * 3);
+      expect(((await decodeMessageAsync(ffFrame)) as Frame).image.data.length).toBe(1920 * 1080 * 3);
     } finally {
       await dir.remove();
     }
@@ -212,11 +243,21 @@ describe("dims bounded by the bytes received", () => {
   });
 });
 
+describe("video access units bounded by WIRE_LIMITS.maxPacketBytes", () => {
+  test("a packet one byte over the limit is refused (E_WIRE_LIMIT); one at the limit passes", () => {
+    const err = refusal(packetMessage(1, WIRE_LIMITS.maxPacketBytes + 1));
+    expect(err).toBeInstanceOf(WireLimitError);
+    expect(err.message).toBe(`h264 access unit is ${WIRE_LIMITS.maxPacketBytes + 1} bytes; the wire limit is ${WIRE_LIMITS.maxPacketBytes}`);
+    expect((decodeMessage(packetMessage(2, WIRE_LIMITS.maxPacketBytes)) as Frame).image.data.length).toBe(WIRE_LIMITS.maxPacketBytes);
+  });
+});
+
 describe("500 hostile messages through NATS", () => {
   let server: NatsServer;
   let nc: NatsConnection;
   beforeAll(async () => {
-    server = await startNatsServer();
+    // Room for an access unit over the wire limit: the bus, not the server, must refuse it.
+    server = await startNatsServer({ maxPayload: "16MB" });
     nc = await connect({ servers: `127.0.0.1:${server.port}` });
   });
   afterAll(async () => {
@@ -237,6 +278,7 @@ describe("500 hostile messages through NATS", () => {
         () => predictionsFrame(3, [1, 1e15, 0]),
         () => predictionsFrame(4, [1, 2e8, 85]),
         () => enc.encode("garbage"),
+        () => v1Frame(5),
       ];
       const expected = { oversize: 0, malformed: 0 };
       for (let i = 0; i < 500; i++) {
@@ -244,15 +286,21 @@ describe("500 hostile messages through NATS", () => {
         nc.publish("fw.flood.work", kinds[k]());
         expected[k === 0 || k === 1 || k === 3 ? "oversize" : "malformed"]++;
         if (i % 50 === 49) nc.publish("fw.flood.work", encodeMessage(makeFrame(100 + i, { stream: "real", width: 32, height: 24 })));
+        // Two forged access units of 8 MiB + 1 among them.
+        if (i % 200 === 100) {
+          nc.publish("fw.flood.work", packetMessage(i, WIRE_LIMITS.maxPacketBytes + 1));
+          expected.oversize++;
+        }
       }
       await until(() => got.length === 10, "the 10 real frames");
       // One publisher's messages arrive in order: every hostile one came before the last real frame.
       expect(bus.stats.rejectedBy).toMatchObject({ oversize: expected.oversize, malformed: expected.malformed, duplicate: 0 });
-      expect(bus.stats.rejected).toBe(500);
+      expect(bus.stats.rejected).toBe(502);
       expect(got.map((m) => m.seq)).toEqual(Array.from({ length: 10 }, (_, k) => 149 + 50 * k));
       const lines = log.lines.filter((l) => l.includes("rejected message on fw.flood.work"));
       expect(lines.length).toBeLessThanOrEqual(2 * 6);
       expect(lines.some((l) => l.includes("declares 8000x8000"))).toBe(true);
+      expect(lines.some((l) => l.includes("frame is wire format v1 (FWM1); this framewire reads v2: upgrade the sender"))).toBe(true);
     } finally {
       await bus.close();
     }
@@ -260,5 +308,5 @@ describe("500 hostile messages through NATS", () => {
 });
 
 test("the limits are what docs/wire-format.md states", () => {
-  expect(WIRE_LIMITS).toEqual({ maxSide: 16384, maxJpegPixels: 33_177_600, maxJpegRatio: 1024, maxDims: 8 });
+  expect(WIRE_LIMITS).toEqual({ maxSide: 16384, maxJpegPixels: 33_177_600, maxJpegRatio: 1024, maxPacketBytes: 8_388_608, maxDims: 8 });
 });

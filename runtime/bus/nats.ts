@@ -7,7 +7,7 @@ import { isDroppable, type Message } from "../core/message.ts";
 import { env, readBytes, readText } from "../platform/index.ts";
 import { CONTROL_KEY_ENV, ControlSigner, MAC_HEADER, MAX_CONTROL_SKEW_MS, TS_HEADER } from "./control-auth.ts";
 import { DuplicateWindow } from "./dedupe.ts";
-import { decodeMessage, encodeMessage, WireFormatError, WireLimitError, type WireOptions } from "./wire.ts";
+import { decodeMessageAsync, encodeMessage, encodeMessageAsync, WireFormatError, WireLimitError, type WireOptions } from "./wire.ts";
 
 /** A message larger than the server accepts. */
 export class PayloadTooLargeError extends FramewireError {
@@ -59,7 +59,7 @@ export interface NatsBusOptions {
 
 /**
  * Why a received message was refused, one counter each:
- * - `malformed`: not wire format v1 (bad header, meta, blob lengths, JPEG);
+ * - `malformed`: not wire format v2 (bad header, meta, blob lengths, JPEG; a v1 sender's frames);
  * - `oversize`: declares more than the wire limits or than its bytes hold (a decompression bomb, huge dims);
  * - `duplicate`: a frame (stream, seq) this subscription already received;
  * - `control-malformed`: a control message that is not the JSON its subject carries;
@@ -130,7 +130,7 @@ interface Pending {
 
 /**
  * The distributed bus: stages in other processes and machines exchange
- * messages over NATS subjects in wire format v1. NATS is the engine;
+ * messages over NATS subjects in wire format v2. NATS is the engine;
  * framewire adds no broker.
  * @example
  * const bus = await NatsBus.connect({ url: "nats://127.0.0.1:4222", log });
@@ -138,6 +138,8 @@ interface Pending {
  */
 export class NatsBus implements NatsLink {
   readonly kind = "nats";
+  /** The last publish's encoding: each publish waits for the one before it to be encoded. */
+  private encodeOrder: Promise<unknown> = Promise.resolve();
   readonly stats: NatsBusStats = {
     published: 0,
     received: 0,
@@ -202,7 +204,11 @@ export class NatsBus implements NatsLink {
 
   /** Publishes in wire format; see {@link admit} for what happens while disconnected. */
   async publish(subject: string, msg: Message, wire?: WireOptions): Promise<void> {
-    const payload = this.encode(subject, msg, wire);
+    // Encoded concurrently (a JPEG in sharp's threads), sent in the order publish was called.
+    const encoding = this.encodeAsync(subject, msg, wire);
+    const inTurn = this.encodeOrder.then(() => encoding);
+    this.encodeOrder = inTurn.catch(() => undefined);
+    const payload = await inTurn;
     if (await this.admit(payload.length, isDroppable(msg))) this.send(subject, payload);
   }
 
@@ -274,12 +280,17 @@ export class NatsBus implements NatsLink {
       queue: opts.queue,
       callback: (err, m) => {
         if (err) return this.subscriptionError(pattern, err);
-        const msg = this.decode(m, window);
-        if (!msg) return;
-        const r = handler(msg, m.subject);
-        if (r) r.catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`));
+        // Decoded concurrently (a JPEG in sharp's threads), handled in arrival order.
+        const decoding = this.decodeData(m);
+        order = order.then(async () => {
+          const msg = this.accept(m, await decoding, window);
+          if (!msg) return;
+          const r = handler(msg, m.subject);
+          if (r) r.catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`));
+        }).catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`)); // a throw must not stop the messages after it
       },
     });
+    let order: Promise<void> = Promise.resolve();
     return { unsubscribe: () => sub.unsubscribe() };
   }
 
@@ -291,6 +302,20 @@ export class NatsBus implements NatsLink {
    */
   encode(subject: string, msg: Message, wire?: WireOptions): Uint8Array {
     const payload = encodeMessage(msg, wire);
+    this.checkSize(subject, payload.length);
+    return payload;
+  }
+
+  /**
+   * Encodes a message for `subject`, a JPEG link coded by sharp off the
+   * JavaScript thread (what {@link publish} uses; {@link encode} is the
+   * synchronous form, JPEG through jpeg-js).
+   * @throws PayloadTooLargeError when it exceeds the server's max_payload.
+   * @example
+   * const payload = await bus.encodeAsync("fw.demo.prep", frame, { encoding: "jpeg", quality: 80 });
+   */
+  async encodeAsync(subject: string, msg: Message, wire?: WireOptions): Promise<Uint8Array> {
+    const payload = await encodeMessageAsync(msg, wire);
     this.checkSize(subject, payload.length);
     return payload;
   }
@@ -332,32 +357,40 @@ export class NatsBus implements NatsLink {
       queue: opts.queue,
       callback: (err, m) => {
         if (err) return this.subscriptionError(subject, err);
-        const msg = this.decode(m, window);
-        // A duplicate was taken before: the sender need not try it elsewhere.
-        if (!msg) return void m.respond(msg === null ? "duplicate" : "rejected");
-        handler(msg).then(
-          (r) => m.respond(r),
-          (e) => m.respond(`failed: ${(e as Error).message}`),
-        );
+        const decoding = this.decodeData(m);
+        order = order.then(async () => {
+          const msg = this.accept(m, await decoding, window);
+          // A duplicate was taken before: the sender need not try it elsewhere.
+          if (!msg) return void m.respond(msg === null ? "duplicate" : "rejected");
+          handler(msg).then(
+            (r) => m.respond(r),
+            (e) => m.respond(`failed: ${(e as Error).message}`),
+          );
+        }).catch((e) => this.log.error(`handler for ${subject}: ${(e as Error).message}`));
       },
     });
+    let order: Promise<void> = Promise.resolve();
     return { unsubscribe: () => sub.unsubscribe() };
   }
 
-  /**
-   * A received message, counted; undefined when it is not wire format, null
-   * for a frame already received on this subscription (both refused, counted, logged).
-   */
-  private decode(m: Msg, window: DuplicateWindow | undefined): Message | undefined | null {
-    let msg: Message;
+  /** A received message decoded; undefined when it is not wire format v2 (refused, counted, logged). */
+  private async decodeData(m: Msg): Promise<Message | undefined> {
     try {
-      msg = decodeMessage(m.data);
+      return await decodeMessageAsync(m.data);
     } catch (e) {
       const err = e as Error;
       if (err instanceof WireLimitError) this.reject(m.subject, "oversize", err.message);
       else this.reject(m.subject, "malformed", err instanceof WireFormatError ? err.message : `decoding failed: ${err.message}`);
       return undefined;
     }
+  }
+
+  /**
+   * A decoded message ({@link decodeData}) admitted in arrival order: counted;
+   * null for a frame already received on this subscription (refused, counted, logged).
+   */
+  private accept(m: Msg, msg: Message | undefined, window: DuplicateWindow | undefined): Message | undefined | null {
+    if (!msg) return undefined;
     // Per stream and producing stage (the last in `timings`): a sink fed by two stages gets each frame from both.
     if (window && msg.kind === "frame" && !window.admit(`${m.subject}\0${lastKey(msg.timings)}\0${msg.stream}`, msg.seq, msg.ts)) {
       this.reject(m.subject, "duplicate", `duplicate frame ${msg.stream}#${msg.seq} (already received on this subscription)`);

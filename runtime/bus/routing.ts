@@ -159,7 +159,7 @@ export class Dispatcher {
    */
   async send(msg: Message): Promise<void> {
     // Encoded once and size-checked here: too large is the sender's error, not a worker's.
-    const payload = this.bus.encode(this.subject ?? workerSubject(this.pipeline, this.stage.id, "*"), msg, this.opts.wire);
+    const payload = await this.bus.encodeAsync(this.subject ?? workerSubject(this.pipeline, this.stage.id, "*"), msg, this.opts.wire);
     await this.launch({ msg, payload, tries: 0 });
   }
 

@@ -80,9 +80,18 @@ export interface TrackInfo {
  *   interface FrameMeta { blur?: { faces: number } }
  * }
  */
+/** What `meta.video` says of an encoded access unit. */
+export interface VideoPacketInfo {
+  codec: "h264" | "hevc";
+  pts: number;
+  keyframe: boolean;
+}
+
 export interface FrameMeta {
   /** Every confirmed track after the tracker (tracked and lost). */
   tracks?: readonly TrackInfo[];
+  /** On an encoded access unit (image.format h264/hevc): its codec, presentation time (ms from the stream's start) and whether it is a keyframe. */
+  video?: VideoPacketInfo;
   [key: string]: unknown;
 }
 
