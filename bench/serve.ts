@@ -6,7 +6,8 @@
  * dynamic-batch model (yolov5n-batch.onnx) from a model repository, dynamic
  * batching on (the seed's preferred sizes and delay) vs off, batch sizes read
  * from the statistics extension; and infer-triton over loopback against
- * in-process infer-onnx on the same tensors. Client and server share this
+ * in-process infer-onnx on the same tensors; and a burst of 100 concurrent
+ * 6000×6000 PNGs per decode budget (admission control). Client and server share this
  * machine's cores.
  */
 import * as v from "valibot";
@@ -20,6 +21,7 @@ import type { SourceInstance, StageContext, TransformInstance } from "../runtime
 import { createLogger } from "../runtime/core/log.ts";
 import { Histogram } from "../runtime/core/histogram.ts";
 import { projectRoot } from "../runtime/platform/paths.ts";
+import { resolveFfmpeg } from "../runtime/media/ffmpeg.ts";
 import { readBytes } from "../runtime/platform/index.ts";
 import { loadRegistry } from "../runtime/spec/registry.ts";
 import { fmt, markdownTable } from "./table.ts";
@@ -48,7 +50,7 @@ function freePort(): Promise<number> {
 }
 
 /** Starts `framewire serve` (on yolov5n.onnx unless `args` name a model or repository) and resolves once it listens; stop() kills it by PID. */
-async function startServer(args: string[]): Promise<{ url: string; stop(): Promise<void> }> {
+async function startServer(args: string[]): Promise<{ url: string; pid: number; stop(): Promise<void> }> {
   const port = await freePort();
   const source = args.some((a) => a === "--model" || a === "--model-repository") ? [] : ["--model", MODEL];
   const proc = Bun.spawn(["bun", join(projectRoot, "runtime/cli.ts"), "serve", ...source, "--port", String(port), ...args], {
@@ -65,6 +67,7 @@ async function startServer(args: string[]): Promise<{ url: string; stop(): Promi
   if (!log.includes("listening on")) throw new Error(`framewire serve did not start:\n${log}`);
   return {
     url: `http://127.0.0.1:${port}`,
+    pid: proc.pid,
     stop: async () => {
       proc.kill("SIGTERM");
       await proc.exited;
@@ -98,6 +101,68 @@ async function detectLoad(url: string, body: Uint8Array, clients: number, total:
     }),
   );
   return { rps: total / ((performance.now() - t0) / 1000), p50: h.quantile(0.5), p99: h.quantile(0.99), queueMs: queue / total };
+}
+
+/** A peak resident set (VmHWM), MiB. */
+async function peakRssMiB(pid: number): Promise<number> {
+  const kb = /VmHWM:\s+(\d+) kB/.exec(await Bun.file(`/proc/${pid}/status`).text());
+  return kb ? Number(kb[1]) / 1024 : NaN;
+}
+
+/**
+ * Admission control: `n` concurrent POST /detect of one tiny 1-bit PNG
+ * declaring 6000×6000 (103 MiB decoded) against a fresh server per decode
+ * budget (0: none; "default": the server's own, fitted to the machine). Answers by status, the server's peak RSS, the slowest
+ * answered request and the wall time of the burst.
+ */
+export async function benchBurst(n = 100, budgets = ["0", "default", "128"]): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "fw-burst-"));
+  const file = join(dir, "white-6000.png");
+  try {
+    const ff = Bun.spawn([resolveFfmpeg(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "color=white:s=6000x6000", "-frames:v", "1", "-pix_fmt", "monob", "-compression_level", "9", "-y", file]);
+    if ((await ff.exited) !== 0) throw new Error("ffmpeg could not write the test PNG");
+    const body = await readBytes(file);
+    const rows: string[][] = [];
+    for (const budget of budgets) {
+      const server = await startServer(budget === "default" ? [] : ["--decode-budget-mb", budget]);
+      try {
+        const before = await peakRssMiB(server.pid);
+        const t0 = performance.now();
+        const answers = await Promise.all(
+          Array.from({ length: n }, async () => {
+            const t = performance.now();
+            try {
+              const res = await fetch(`${server.url}/detect`, { method: "POST", body, headers: { "content-type": "image/png" } });
+              await res.arrayBuffer();
+              return { status: res.status, ms: performance.now() - t, retry: res.headers.get("retry-after") };
+            } catch {
+              // The client gave up (bun's fetch times out after 300 s): counted under "other".
+              return { status: 0, ms: performance.now() - t, retry: null };
+            }
+          }),
+        );
+        const wall = performance.now() - t0;
+        const count = (st: number) => answers.filter((a) => a.status === st).length;
+        const okMs = answers.filter((a) => a.status === 200).map((a) => a.ms);
+        const refusedMs = answers.filter((a) => a.status === 503).map((a) => a.ms);
+        rows.push([
+          budget === "0" ? "none" : budget === "default" ? "default (machine)" : `${budget} MiB`,
+          String(count(200)),
+          `${count(503)} (${answers.filter((a) => a.status === 503 && a.retry).length} with Retry-After)`,
+          String(n - count(200) - count(503)),
+          `${fmt(before)} → ${fmt(await peakRssMiB(server.pid))}`,
+          okMs.length ? fmt(Math.max(...okMs) / 1000, 1) : "-",
+          refusedMs.length ? fmt(Math.max(...refusedMs)) : "-",
+          fmt(wall / 1000, 1),
+        ]);
+      } finally {
+        await server.stop();
+      }
+    }
+    return markdownTable(["decode budget", "200", "503", "other (client timed out)", "server peak RSS MiB", "slowest 200 s", "slowest 503 ms", "burst s"], rows);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /** The first `max` frames ingest decodes from `options.url`. */
@@ -289,5 +354,6 @@ export async function benchServe(requests = 48, frames = 30): Promise<string> {
   );
   // Client, server and anything else running share the cores: the load average says how quiet the machine was.
   const quiet = `host load average (1 min): ${fmt(loadBefore, 2)} at the start, ${fmt(loadavg()[0], 2)} at the end, on ${navigator.hardwareConcurrency} cores`;
-  return `## framewire serve: /detect under load, /infer with dynamic batching on vs off, remote vs in-process inference\n\n${load}\n\n${batching.table}\n\n${summary}\n\n${quiet}\n`;
+  const burst = await benchBurst();
+  return `## framewire serve: /detect under load, /infer with dynamic batching on vs off, remote vs in-process inference\n\n${load}\n\n${batching.table}\n\n${summary}\n\n### 100 concurrent 6000×6000 PNGs (13 KB each) by decode budget\n\n${burst}\n\n${quiet}\n`;
 }

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { decodeInferResponse, encodeInferRequest, HEADER_LENGTH } from "../runtime/inference/kserve.ts";
-import { Batcher, OverloadedError, ShuttingDownError, type BatcherOptions, type Runner } from "../runtime/serve/batcher.ts";
+import { Batcher, BatchTooLargeError, OverloadedError, ShuttingDownError, type BatcherOptions, type Runner } from "../runtime/serve/batcher.ts";
 import { tempDir } from "./support/paths.ts";
 import { json, startServe, writeIdentityModel, type ServeProcess } from "./support/serve.ts";
 
@@ -108,6 +108,31 @@ describe("Batcher", () => {
     }
     await closed;
     expect((await Promise.all([running, ...queued])).map((x) => x.data[0])).toEqual([10, 20, 30]);
+  });
+
+  test("a request over maxBatch is refused at once (it used to sit in the queue forever and hold back every request behind it)", async () => {
+    const r = gatedRunner();
+    const batcher = new Batcher([r.run], opts({ maxBatch: 8, preferred: [], maxQueueDelayMs: 1 }));
+    const big = new Float32Array(10 * 2).fill(1);
+    const err = await batcher.submit(big, 10).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(BatchTooLargeError);
+    expect(err!.message).toBe("a request of 10 items exceeds the model's max_batch_size 8; split it into requests of at most 8");
+    expect(batcher.queued).toBe(0);
+    // The request after it runs: nothing was left blocking the queue.
+    const next = batcher.submit(item(3), 1);
+    while (!r.calls.length) await settle();
+    expect(r.calls[0].batch).toBe(1);
+    r.calls[0].release();
+    expect([...(await next).data]).toEqual([30, 35]);
+    // Exactly maxBatch items fit.
+    const full = batcher.submit(new Float32Array(8 * 2).fill(2), 8);
+    while (r.calls.length < 2) await settle();
+    expect(r.calls[1].batch).toBe(8);
+    r.calls[1].release();
+    expect((await full).batchSize).toBe(8);
   });
 
   test("a failing batch rejects every request in it", async () => {

@@ -293,6 +293,7 @@ describe("framewire serve: start and stop", () => {
       maxBodyBytes: 10 << 20,
       decoders: 1,
       maxWaiting: 1,
+      decodeBudgetBytes: 0,
       conf: 0.25,
       iou: 0.45,
     });

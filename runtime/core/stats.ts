@@ -10,6 +10,21 @@ export interface StageSnapshot {
   sent: number;
   dropped: number;
   failed: number;
+  /**
+   * Messages that reached the stage (transforms and sinks): taken from its
+   * inbox (`received`) or dropped from it. Each one ends as exactly one of:
+   * sent on (`sent`, one output per message), `absorbed`, `dropped`,
+   * `failed`, or still `inFlight` when the run ended (see balance()).
+   */
+  arrived: number;
+  /** Taken and ended without an output, by design: a sink's handled messages, a transform that returned nothing. */
+  absorbed: number;
+  /** Taken or queued but not finished when the summary was made (non-zero only for a stage whose drain timed out or was abandoned). */
+  inFlight: number;
+  /** Outputs beyond one per message (a transform that returned several): sent counts every output. */
+  extraOutputs: number;
+  /** Of `dropped`, outputs sent on and then dropped on their way to workers in other processes (no worker took them, or theirs dropped them). */
+  droppedOnRoute: number;
   p50: number;
   p99: number;
   mean: number;
@@ -36,6 +51,10 @@ export class StageStats {
   sent = 0;
   dropped = 0;
   failed = 0;
+  /** Dropped from the stage's own inbox before being taken (part of `dropped`). */
+  queueDropped = 0;
+  absorbed = 0;
+  extraOutputs = 0;
   lastError?: string;
   readonly latency = new Histogram();
   readonly endToEnd = new Histogram();
@@ -46,7 +65,8 @@ export class StageStats {
     readonly kind: StageSnapshot["kind"],
   ) {}
 
-  snapshot(): StageSnapshot {
+  /** `queued` / `busy`: messages the executor still holds for the stage in its inbox and in work. */
+  snapshot(queued = 0, busy = 0): StageSnapshot {
     return {
       stage: this.stage,
       operator: this.operator,
@@ -56,6 +76,11 @@ export class StageStats {
       sent: this.sent,
       dropped: this.dropped,
       failed: this.failed,
+      arrived: this.kind === "source" ? 0 : this.received + this.queueDropped + queued,
+      absorbed: this.absorbed,
+      inFlight: this.kind === "source" ? 0 : queued + busy,
+      extraOutputs: this.extraOutputs,
+      droppedOnRoute: 0,
       p50: this.latency.quantile(0.5),
       p99: this.latency.quantile(0.99),
       mean: this.latency.mean,
@@ -83,6 +108,49 @@ export function totals(s: PipelineSummary): { framesIn: number; framesOut: numbe
   const dropped = s.stages.reduce((a, x) => a + x.dropped, 0);
   const failed = s.stages.reduce((a, x) => a + x.failed, 0);
   return { framesIn, framesOut, dropped, failed, fps: s.seconds > 0 ? framesOut / s.seconds : 0 };
+}
+
+/** How one stage's messages ended; `balanced` is arrived == outputs + absorbed + dropped + failed + inFlight. */
+export interface StageBalance {
+  stage: string;
+  arrived: number;
+  /** Messages sent on (outputs less extraOutputs). */
+  out: number;
+  absorbed: number;
+  /** Dropped before being sent on (droppedOnRoute left out). */
+  dropped: number;
+  failed: number;
+  inFlight: number;
+  balanced: boolean;
+}
+
+/**
+ * The per-stage accounting of a summary: every message that reached a
+ * transform or sink is sent on, absorbed (a sink's, or a filter's), dropped
+ * (its inbox full, or its output given up on behind a slow replica),
+ * failed, or still in flight (a drain that timed out or was abandoned). Sources are left out (they have
+ * no input).
+ * @example
+ * for (const b of balance(summary)) if (!b.balanced) console.error(`${b.stage} does not add up`, b);
+ */
+export function balance(s: PipelineSummary): StageBalance[] {
+  return s.stages
+    .filter((x) => x.kind !== "source")
+    .map((x) => {
+      const out = x.sent - x.extraOutputs;
+      // An output dropped on its way to another process was sent on first: its message is counted once, as sent.
+      const dropped = x.dropped - x.droppedOnRoute;
+      return {
+        stage: x.stage,
+        arrived: x.arrived,
+        out,
+        absorbed: x.absorbed,
+        dropped,
+        failed: x.failed,
+        inFlight: x.inFlight,
+        balanced: x.arrived === out + x.absorbed + dropped + x.failed + x.inFlight,
+      };
+    });
 }
 
 /** The end-of-run report printed by `bun run pipeline`. */

@@ -144,6 +144,8 @@ export class Executor {
 
   /** Resolves `done` with what is known when a stop's drain outlives its deadline. */
   private abandon?: (summary: PipelineSummary) => void;
+  /** Late outputs of each stage's reorder window already counted as dropped. */
+  private lateSeen = new WeakMap<RunningStage, number>();
   private hardStop?: ReturnType<typeof setTimeout>;
 
   /** Stops the sources; the pipeline then drains what is in flight (abandoning stuck stages after the drain timeout). */
@@ -256,6 +258,7 @@ export class Executor {
     const behind = st.spec.def.kind === "sink" ? this.behindLog(st) : undefined;
     const inbox = new Inbox(st.spec.inboxSize, (msg) => {
       st.stats.dropped++;
+      st.stats.queueDropped++;
       acks.get(msg)?.("dropped");
       behind?.();
     });
@@ -325,7 +328,10 @@ export class Executor {
         } else if (out) {
           // Emitted messages are frozen: every subscriber shares them, none may change them.
           outputs = (Array.isArray(out) ? out : [out]).map((o) => seal(o.kind === "frame" ? derive(o, { timings: { ...o.timings, [st.spec.id]: ms } }) : o));
+          if (outputs.length > 1) st.stats.extraOutputs += outputs.length - 1;
         }
+        // Ended here by design: what a sink handled, or a transform that passed nothing on.
+        if (!outputs?.length) st.stats.absorbed++;
         if (order) {
           const before = order.skipped + order.late;
           await order.complete(ticket!, outputs);
@@ -366,11 +372,18 @@ export class Executor {
     };
   }
 
-  /** Counts and logs (rate-limited) what the reorder window gave up on. */
+  /**
+   * Counts and logs (rate-limited) what the reorder window gave up on. A
+   * skipped message is not lost yet (it is still in work); it is dropped
+   * when its outputs arrive late, so only `late` counts (counting skips as
+   * well counted such a message twice, and a skipped one that then failed
+   * or passed nothing on as dropped and failed or dropped for nothing).
+   */
   private noteReorder(st: RunningStage, order: Reorder<Message>, before: number): void {
     const lost = order.skipped + order.late - before;
     if (lost <= 0) return;
-    st.stats.dropped += lost;
+    st.stats.dropped += order.late - (this.lateSeen.get(st) ?? 0);
+    this.lateSeen.set(st, order.late);
     const total = order.skipped + order.late;
     if (total <= 3 || total % 100 === 0) {
       this.log.child(st.spec.id).warn(`reorder window full behind a slow replica: ${total} frame(s) skipped so far, to keep the stream in order`);
@@ -517,9 +530,12 @@ export class Executor {
       reason: this.stopReason,
       seconds: (performance.now() - this.started) / 1000,
       stages: this.stages.map((s) => {
-        const snap = s.stats.snapshot();
+        const snap = s.stats.snapshot(s.inbox?.size ?? 0, s.busy);
         const routed = this.dispatchers.filter((d) => this.consumers(s.spec).includes(d.stage));
-        for (const d of routed) snap.dropped += d.dropped;
+        for (const d of routed) {
+          snap.dropped += d.dropped;
+          snap.droppedOnRoute += d.dropped;
+        }
         return snap;
       }),
     };

@@ -4,7 +4,8 @@
  * and model repository extensions (extensions.ts), the seed's `POST /detect`
  * (detect.ts) and Prometheus `/metrics`. Every error is JSON
  * `{"error": "..."}`: 400 bad input, 404 unknown model or route, 413 too
- * large, 415 wrong content type, 503 not ready or overloaded.
+ * large, 415 wrong content type, 503 not ready or overloaded (with
+ * `Retry-After` when overloaded: admission.ts).
  */
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -38,6 +39,8 @@ export interface AppOptions {
   /** Images decoded at once (ffmpeg children); more wait, up to `maxWaiting`, then get 503. */
   decoders: number;
   maxWaiting: number;
+  /** Decoded bytes (width × height × 3) POST /detect requests may hold at once; more get 503 + Retry-After, an image alone over it 413. 0: no budget. */
+  decodeBudgetBytes: number;
   /** NMS defaults for /detect (a request may override them in its query). */
   conf: number;
   iou: number;
@@ -59,7 +62,7 @@ const sortVersions = (vs: string[]) => [...vs].sort((a, b) => Number(a) - Number
 /**
  * Builds the server's request handler around a model repository.
  * @example
- * const app = await createServeApp({ repository, metrics, registry: await loadRegistry(), log, limits: DEFAULT_LIMITS, maxImageBytes: 10 << 20, maxBodyBytes: 256 << 20, decoders: 4, maxWaiting: 64, conf: 0.25, iou: 0.45 });
+ * const app = await createServeApp({ repository, metrics, registry: await loadRegistry(), log, limits: DEFAULT_LIMITS, maxImageBytes: 10 << 20, maxBodyBytes: 256 << 20, decoders: 4, maxWaiting: 64, decodeBudgetBytes: 1 << 30, conf: 0.25, iou: 0.45 });
  * serve(app.fetch, { hostname: "127.0.0.1", port: 8000 }); // runtime/platform/index.ts
  */
 export async function createServeApp(o: AppOptions): Promise<ServeApp> {
@@ -92,9 +95,13 @@ export async function createServeApp(o: AppOptions): Promise<ServeApp> {
     metrics.requestSeconds.observe({ route }, (performance.now() - t0) / 1000);
   });
   app.onError((err, c) => {
-    const { status, message, reason } = classify(err);
+    const { status, message, reason, retryAfterS, overloaded } = classify(err);
     if (reason) metrics.imagesRejected.inc({ reason });
     if (status === 500) log.error(`${c.req.method} ${c.req.path}: ${(err as Error).stack ?? message}`);
+    if (retryAfterS !== undefined) {
+      metrics.overloaded.inc({ reason: overloaded ?? "unknown" });
+      return c.json({ error: message }, status, { "retry-after": String(retryAfterS) });
+    }
     return c.json({ error: message }, status);
   });
   app.notFound((c) => c.json({ error: `no route ${c.req.method} ${c.req.path}` }, 404));

@@ -11,6 +11,10 @@ import { codedError } from "../core/errors.ts";
 export const OverloadedError = codedError("OverloadedError", "E_OVERLOADED");
 export type OverloadedError = InstanceType<typeof OverloadedError>;
 
+/** A request of more items than one batch may hold (a dynamic batcher could never dispatch it). */
+export const BatchTooLargeError = codedError("BatchTooLargeError", "E_BATCH_TOO_LARGE");
+export type BatchTooLargeError = InstanceType<typeof BatchTooLargeError>;
+
 /** Work submitted after `close()`. */
 export const ShuttingDownError = codedError("ShuttingDownError", "E_SHUTTING_DOWN");
 export type ShuttingDownError = InstanceType<typeof ShuttingDownError>;
@@ -117,11 +121,15 @@ export class Batcher {
   /**
    * Queues `batch` items (`data` holds batch × itemSize floats) and resolves with their slice of the output.
    * The batcher owns `data` from here on (an instance on another thread may take its buffer).
-   * @throws OverloadedError when the queue is full, ShuttingDownError after close().
+   * @throws OverloadedError when the queue is full, ShuttingDownError after close(), BatchTooLargeError for more than maxBatch items (dynamic batching).
    */
   submit(data: Float32Array, batch: number): Promise<BatchResult> {
     if (this.closing) return Promise.reject(new ShuttingDownError("the server is shutting down"));
     if (data.length !== batch * this.o.itemSize) return Promise.reject(new Error(`expected ${batch * this.o.itemSize} floats for batch ${batch}, got ${data.length}`));
+    // Queued, it would never fit a batch and would hold back every request behind it.
+    if (this.o.dynamic && batch > this.o.maxBatch) {
+      return Promise.reject(new BatchTooLargeError(`a request of ${batch} items exceeds the model's max_batch_size ${this.o.maxBatch}; split it into requests of at most ${this.o.maxBatch}`));
+    }
     if (this.queued + batch > this.o.maxQueue) {
       return Promise.reject(new OverloadedError(`queue full (${this.queued} waiting, limit ${this.o.maxQueue}); retry later`));
     }

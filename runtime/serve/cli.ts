@@ -14,6 +14,7 @@ import { suggest } from "../spec/loader.ts";
 import { createLogger } from "../core/log.ts";
 import { onShutdownSignal, serve } from "../platform/index.ts";
 import { loadRegistry } from "../spec/registry.ts";
+import { defaultDecodeBudgetMb } from "./admission.ts";
 import { createServeApp } from "./app.ts";
 import type { AutoDefaults } from "./config-complete.ts";
 import { createServeMetrics } from "./metrics.ts";
@@ -24,8 +25,10 @@ export const SERVE_USAGE = `usage: bun run serve --model-repository DIR [--model
        bun run serve --model FILE [--name NAME]
   [--port 8000] [--host 127.0.0.1] [--instances 1] [--threads 0] [--max-batch 32] [--preferred-batch 4,8,16]
   [--max-queue-delay-us 500] [--max-queue 64] [--max-image-mb 10] [--max-body-mb 256] [--max-pixels 40000000]
-  [--decoders N] [--size 640] [--conf 0.25] [--iou 0.45]
-The batching and instance flags fill in what a model's config.pbtxt leaves out (and configure --model).`;
+  [--decoders N] [--decode-budget-mb N] [--size 640] [--conf 0.25] [--iou 0.45]
+The batching and instance flags fill in what a model's config.pbtxt leaves out (and configure --model).
+--decode-budget-mb: decoded image bytes (width x height x 3) POST /detect requests may hold at once; past it 503 with
+Retry-After, an image alone over it 413 (default: 1/32 of this machine's memory, 256..1024; 0: no budget).`;
 
 const whole = (min: number, max: number, dflt: string) =>
   v.optional(v.pipe(v.string(), v.regex(/^\d+$/, "expected a whole number"), v.transform(Number), v.minValue(min), v.maxValue(max)), dflt);
@@ -66,6 +69,7 @@ const Flags = v.pipe(
     "max-body-mb": real(0.001, 4096, "256"),
     "max-pixels": whole(1, 1_000_000_000, "40000000"),
     decoders: whole(1, 64, String(Math.max(2, cpus().length))),
+    "decode-budget-mb": whole(0, 1_048_576, String(defaultDecodeBudgetMb())),
     size: whole(32, 8192, "640"),
     conf: real(0, 1, "0.25"),
     iou: real(0, 1, "0.45"),
@@ -156,6 +160,7 @@ export async function runServe(rest: string[]): Promise<number> {
     maxBodyBytes,
     decoders: f.decoders,
     maxWaiting: f["max-queue"],
+    decodeBudgetBytes: f["decode-budget-mb"] * MiB,
     conf: f.conf,
     iou: f.iou,
   });
@@ -167,8 +172,9 @@ export async function runServe(rest: string[]): Promise<number> {
     throw err;
   }
   const loaded = repository.ready().map((m) => `${m.name}/${m.version}`);
+  const budget = f["decode-budget-mb"] ? `decode budget ${f["decode-budget-mb"]} MiB` : "no decode budget";
   log.info(
-    `listening on http://${f.host}:${listener.port} (${source.describe}, model control ${f["model-control-mode"]}; ${loaded.length ? `serving ${loaded.join(", ")}` : "no model loaded"}; KServe v2 and Triton extensions under /v2, POST /detect, GET /metrics)`,
+    `listening on http://${f.host}:${listener.port} (${source.describe}, model control ${f["model-control-mode"]}; ${loaded.length ? `serving ${loaded.join(", ")}` : "no model loaded"}; KServe v2 and Triton extensions under /v2, POST /detect (${budget}), GET /metrics)`,
   );
 
   const signal = await stop;

@@ -16,7 +16,7 @@ import { detectLayout } from "../inference/yolo.ts";
 import { checkImageSize, decodeImage, readImageHeader, type DecodeLimits } from "../media/image-decode.ts";
 import { describeIssue, formatPath } from "../spec/issues.ts";
 import type { Registry } from "../spec/registry.ts";
-import { OverloadedError } from "./batcher.ts";
+import { DecodeBudget, RetryLaterError } from "./admission.ts";
 import { HttpError, type ServeEnv } from "./http.ts";
 import type { ServeMetrics } from "./metrics.ts";
 import type { ServedModel } from "./model.ts";
@@ -31,6 +31,8 @@ export interface DetectOptions {
   maxImageBytes: number;
   decoders: number;
   maxWaiting: number;
+  /** Decoded bytes requests may reserve at once (admission.ts); 0: no budget. */
+  decodeBudgetBytes: number;
   conf: number;
   iou: number;
   /** Throws while the server drains. */
@@ -60,7 +62,7 @@ class Slots {
 
   async acquire(): Promise<() => void> {
     if (this.used < this.limit) this.used++;
-    else if (this.waiting.length >= this.maxWaiting) throw new OverloadedError(`${this.waiting.length} images already wait for a decoder; retry later`);
+    else if (this.waiting.length >= this.maxWaiting) throw new RetryLaterError(`${this.waiting.length} images already wait for a decoder; retry later`, 1, "decoder-queue");
     else await new Promise<void>((r) => this.waiting.push(r));
     let released = false;
     return () => {
@@ -94,7 +96,7 @@ function chooseModel(repository: ModelRepository, name: string | undefined): Ser
 /**
  * Adds `POST /detect` to the server.
  * @example
- * registerDetect(app, { repository, metrics, registry, log, limits: DEFAULT_LIMITS, maxImageBytes: 10 << 20, decoders: 2, maxWaiting: 64, conf: 0.25, iou: 0.45, notReady: () => {} });
+ * registerDetect(app, { repository, metrics, registry, log, limits: DEFAULT_LIMITS, maxImageBytes: 10 << 20, decoders: 2, maxWaiting: 64, decodeBudgetBytes: 1 << 30, conf: 0.25, iou: 0.45, notReady: () => {} });
  */
 export function registerDetect(app: Hono<ServeEnv>, o: DetectOptions): void {
   const transform = (name: string) => {
@@ -115,6 +117,8 @@ export function registerDetect(app: Hono<ServeEnv>, o: DetectOptions): void {
     return made;
   };
   const decoders = new Slots(o.decoders, o.maxWaiting);
+  const budget = new DecodeBudget(o.decodeBudgetBytes);
+  o.metrics.decodeBudgetBytes.set(o.decodeBudgetBytes);
   let seq = 0;
   const tooLarge = (c: Context) => {
     o.metrics.imagesRejected.inc({ reason: "body" });
@@ -134,8 +138,23 @@ export function registerDetect(app: Hono<ServeEnv>, o: DetectOptions): void {
     const nmsOptions = v.safeParse(nmsDef.options, { conf: o.conf, iou: o.iou, ...nmsQuery });
     if (!nmsOptions.success) throw new HttpError(400, `query: ${explain(nmsOptions.issues, nmsDef.options)}`);
     const bytes = await imageBytes(c);
-    // Size check before waiting for a decoder: a forged header costs nothing.
-    checkImageSize(readImageHeader(bytes), o.limits);
+    // Size checks before waiting for a decoder: a forged header costs nothing.
+    const header = readImageHeader(bytes);
+    checkImageSize(header, o.limits);
+    // Held until the answer is built: the decoded image, its tensor and the predictions live that long.
+    const unreserve = budget.reserve(header.width, header.height);
+    o.metrics.decodeBytesInFlight.set(budget.inFlight);
+    try {
+      return await detectOne(c, model, bytes, nmsOptions.output, t0);
+    } finally {
+      unreserve();
+      o.metrics.decodeBytesInFlight.set(budget.inFlight);
+    }
+  });
+
+  async function detectOne(c: Context, model: ServedModel, bytes: Uint8Array, nmsOptions: unknown, t0: number): Promise<Response> {
+    const { detector } = model;
+    if (!("width" in detector)) throw new HttpError(404, detector.unavailable);
     const release = await decoders.acquire();
     let frame: Frame;
     const t1 = performance.now();
@@ -152,7 +171,7 @@ export function registerDetect(app: Hono<ServeEnv>, o: DetectOptions): void {
     model.stats.success(1, performance.now() - t2, r);
     frame = derive(frame, { predictions: { layout: detectLayout(r.dims, "auto"), dims: r.dims, data: r.data, classNames: model.classNames, model: model.name } });
     const t4 = performance.now();
-    frame = (await (await nmsDef.create(nmsOptions.output, ctx("nms"))).process(frame)) as Frame;
+    frame = (await (await nmsDef.create(nmsOptions as never, ctx("nms"))).process(frame)) as Frame;
     const t5 = performance.now();
     const round = (x: number, k: number) => Math.round(x * k) / k;
     return c.json({
@@ -169,7 +188,7 @@ export function registerDetect(app: Hono<ServeEnv>, o: DetectOptions): void {
         nms: round(t5 - t4, 100),
       },
     });
-  });
+  }
 }
 
 /** The image of a raw `image/jpeg|png` body or of a multipart upload (field `image`, else the first file). */

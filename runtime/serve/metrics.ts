@@ -14,6 +14,11 @@ export interface ServeMetrics {
   queueSeconds: Histogram<"model" | "version">;
   /** POST /detect bodies refused before inference, by reason. */
   imagesRejected: Counter<"reason">;
+  /** Requests answered 503 because a limit on work in flight was reached, by which (decode-budget, decoder-queue, batch-queue). */
+  overloaded: Counter<"reason">;
+  /** Decoded bytes reserved by POST /detect requests in flight, and the budget (0: none). */
+  decodeBytesInFlight: Gauge;
+  decodeBudgetBytes: Gauge;
 }
 
 /**
@@ -77,5 +82,13 @@ export function createServeMetrics(repository: ModelRepository): ServeMetrics {
       registers,
     }),
     imagesRejected: new Counter({ name: "framewire_serve_images_rejected_total", help: "POST /detect images refused before inference, by reason.", labelNames: ["reason"], registers }),
+    overloaded: new Counter({
+      name: "framewire_serve_overloaded_total",
+      help: "Requests answered 503 (with Retry-After) because a limit on work in flight was reached: decode-budget, decoder-queue or batch-queue.",
+      labelNames: ["reason"],
+      registers,
+    }),
+    decodeBytesInFlight: new Gauge({ name: "framewire_serve_decode_bytes_in_flight", help: "Decoded image bytes reserved by POST /detect requests in flight.", registers }),
+    decodeBudgetBytes: new Gauge({ name: "framewire_serve_decode_budget_bytes", help: "The decode budget (--decode-budget-mb; 0: no budget).", registers }),
   };
 }
