@@ -1,5 +1,5 @@
 import * as v from "valibot";
-import { basename } from "node:path";
+import { basename, join } from "node:path";
 import { ConfigError } from "../runtime/core/errors.ts";
 import { hostLoad } from "../runtime/platform/host-load.ts";
 import { confidenceOf, RotatingLog, type InferenceRecord } from "../runtime/inference/inference-log.ts";
@@ -12,6 +12,7 @@ import { OnnxThread, type ModelInput } from "../runtime/inference/onnx-thread.ts
 import { tensorPixels } from "../runtime/inference/pixel-tensor.ts";
 import { defineOperator, type OperatorMetric } from "../runtime/core/operator.ts";
 import { resolveModel } from "../runtime/platform/paths.ts";
+import { RolloutWorker } from "../runtime/bus/model-store.ts";
 
 const Options = v.strictObject({
   model: v.pipe(
@@ -97,6 +98,26 @@ const Options = v.strictObject({
         "New versions (file change, reload request) first run a share of the frames, then are promoted or rolled back; failed canary frames rerun on the active version.",
       ),
     ),
+  ),
+  rollout: v.optional(
+    v.pipe(
+      v.union([
+        v.literal(false),
+        v.strictObject({
+          cache: v.optional(
+            v.pipe(
+              v.string(),
+              v.minLength(1),
+              v.description("Folder for the fetched model files (default out/model-cache/<pipeline>, beside the pipeline's outputs)."),
+            ),
+          ),
+        }),
+      ]),
+      v.description(
+        "Fleet rollout on a NATS bus with JetStream (`bun run models put`): follow the stage's wanted version, fetch it into the cache and hot-swap it (with `canary`, on trial first), reporting per worker. `false` turns it off.",
+      ),
+    ),
+    {},
   ),
   inferenceLog: v.optional(
     v.pipe(
@@ -193,6 +214,18 @@ export default defineOperator({
     let frameDims: number[] | undefined;
     const threads = o.threads || defaultThreads();
     const maxBatch = o.batch?.max ?? 1;
+    // Fleet rollout: the stage's wanted version (KV) decides the first file, then new ones arrive as reloads.
+    const rollout =
+      ctx.nats && o.rollout !== false
+        ? await RolloutWorker.open({
+            nc: ctx.nats.nc,
+            pipeline: ctx.pipeline,
+            stage: ctx.stage,
+            baseFile: resolveModel(o.model)!,
+            cacheDir: o.rollout.cache ?? join("out", "model-cache", ctx.pipeline.replace(/[^A-Za-z0-9_-]/g, "_")),
+            log: ctx.log,
+          })
+        : undefined;
     const load: VersionLoader<OnnxVersion> = async (file, known) => {
       const initial = known.length === 0;
       if (!initial && known.includes(await modelVersion(file))) return null;
@@ -217,19 +250,34 @@ export default defineOperator({
         model: ov,
         version: info.version,
         file: info.file,
-        detail: { provider: info.provider, input: info.inputDims.join("x") },
+        detail: { provider: info.provider, input: info.inputDims.join("x"), ...(rollout?.labelOf(info.file) ? { rollout: rollout.labelOf(info.file) } : {}) },
       };
     };
-    const life = await ModelLifecycle.open(o.model, {
+    const lifeOptions = {
       stage: ctx.stage,
       load,
-      release: async (x) => {
+      release: async (x: OnnxVersion) => {
         x.gather?.close();
         x.m.close();
       },
       canary: o.canary,
       log: ctx.log,
-    });
+    };
+    const rolledOut = await rollout?.initialFile();
+    let life: ModelLifecycle<OnnxVersion>;
+    try {
+      life = await ModelLifecycle.open(rolledOut ?? o.model, lifeOptions);
+    } catch (err) {
+      if (!rolledOut) {
+        await rollout?.close();
+        throw err;
+      }
+      // A rolled-out version that does not load here: the pipeline file's model runs, and the worker says so.
+      rollout!.startFailed((err as Error).message);
+      ctx.log.error(`rolled-out model ${basename(rolledOut)} did not load (${(err as Error).message}); starting on ${o.model}`);
+      life = await ModelLifecycle.open(o.model, lifeOptions);
+    }
+    rollout?.attach(life);
     const log = o.inferenceLog
       ? await RotatingLog.open(o.inferenceLog.path, {
           ...o.inferenceLog,
@@ -370,6 +418,7 @@ export default defineOperator({
         }
       },
       async close() {
+        await rollout?.close();
         await life.close();
         await log?.close();
         releaseLoad?.();

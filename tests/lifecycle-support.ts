@@ -92,8 +92,12 @@ export function scaledModel(k: number): Uint8Array {
   );
 }
 
-/** Loads and runs on zeros; throws inside onnxruntime on any frame with a pixel brighter than 0.2. */
-export function crashingModel(): Uint8Array {
+/**
+ * Loads and runs on zeros; throws inside onnxruntime on any frame with a pixel brighter than 0.2.
+ * `side` is the input's width and height (32, or 640 for pipelines sized for YOLOv5n; 1×19200×64 output then).
+ */
+export function crashingModel(side = 32): Uint8Array {
+  const out = side === 32 ? OUT : [1, (3 * side * side) / 64, 64];
   return model(
     [
       node("ReduceMax", ["images"], ["max"], [intAttr("keepdims", 0)]),
@@ -103,9 +107,9 @@ export function crashingModel(): Uint8Array {
       node("Mul", ["images", "gain"], ["scaled"]),
       node("Reshape", ["scaled", "shape"], ["output"]),
     ],
-    [tensor("ten", [], { float: [10] }), tensor("table", [2], { float: [1, 1] }), tensor("shape", [3], { int64: OUT })],
-    [1, 3, 32, 32],
-    OUT,
+    [tensor("ten", [], { float: [10] }), tensor("table", [2], { float: [1, 1] }), tensor("shape", [3], { int64: out })],
+    [1, 3, side, side],
+    out,
   );
 }
 

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { copyFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { modelVersion } from "../runtime/inference/onnx-model.ts";
-import type { ModelStatus } from "../runtime/inference/model-lifecycle.ts";
+import type { LifecycleEvent, ModelLifecycle, ModelStatus } from "../runtime/inference/model-lifecycle.ts";
 import type { PipelineSummary } from "../runtime/core/stats.ts";
 import { crashingModel, scaledModel, smallInputModel, startTinyRun, writeModel, type TinyRun } from "./lifecycle-support.ts";
 import { parsePrometheus } from "./support/http.ts";
@@ -157,12 +157,19 @@ describe("canary", () => {
   test("that fails on real frames is rolled back; its frames rerun on the active version", async () => {
     const run = await startTinyRun({ model: v1, canary: { share: 0.5, frames: 100, maxErrorRate: 0.05 } });
     await until(() => run.received().length >= 10, "first frames");
+    // Listeners (a fleet rollout's worker) hear each event as it happens.
+    const life = run.exec.live().find((x) => x.id === "detect")!.instance.models as ModelLifecycle<unknown>;
+    const heard: LifecycleEvent[] = [];
+    const off = life.onEvent((e) => heard.push(e));
     const broken = join(dir.path, "broken.onnx");
     await writeFile(broken, crashingModel());
     const res = await run.post("/api/models/detect/reload", { model: broken });
     expect(res.status).toBe(200);
     await until(() => models(run).rollbacks === 1, "the rollback");
+    off();
     const s = models(run);
+    expect(heard.map((e) => e.kind)).toEqual(["canary", "rolled-back"]);
+    expect(heard[1]).toEqual(s.events.at(-1)!);
     expect(s.active.version).toBe(v1Version);
     expect(s.canary).toBeNull();
     expect(s.events.at(-1)).toMatchObject({ kind: "rolled-back", version: await modelVersion(broken) });

@@ -131,6 +131,7 @@ export class ModelLifecycle<M> implements ModelControl {
   private watchTimer?: ReturnType<typeof setTimeout>;
   private watched?: string;
   private events: LifecycleEvent[] = [];
+  private listeners = new Set<(e: LifecycleEvent) => void>();
   private swaps = 0;
   private promotions = 0;
   private rollbacks = 0;
@@ -255,6 +256,18 @@ export class ModelLifecycle<M> implements ModelControl {
     });
   }
 
+  /**
+   * Calls `fn` with each lifecycle event as it happens (a fleet rollout
+   * learns this way whether its canary was promoted or rolled back).
+   * @example
+   * const off = life.onEvent((e) => e.kind === "rolled-back" && console.log(e.reason));
+   * off();
+   */
+  onEvent(fn: (e: LifecycleEvent) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
   status(): ModelStatus {
     const p = this.policy;
     return {
@@ -376,8 +389,16 @@ export class ModelLifecycle<M> implements ModelControl {
   }
 
   private event(kind: LifecycleEvent["kind"], version?: string, reason?: string): void {
-    this.events.push({ at: new Date().toISOString(), kind, ...(version ? { version } : {}), ...(reason ? { reason } : {}) });
+    const e: LifecycleEvent = { at: new Date().toISOString(), kind, ...(version ? { version } : {}), ...(reason ? { reason } : {}) };
+    this.events.push(e);
     if (this.events.length > EVENTS_KEPT) this.events.shift();
+    for (const fn of this.listeners) {
+      try {
+        fn(e);
+      } catch (err) {
+        this.opts.log.error(`lifecycle listener: ${(err as Error).message}`);
+      }
+    }
   }
 }
 

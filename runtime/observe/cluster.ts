@@ -42,7 +42,8 @@ const StatusReply = v.looseObject({
   models: v.array(
     v.looseObject({
       stage: v.string(),
-      active: v.looseObject({ model: v.string(), version: v.string() }),
+      /** `rollout`: the fleet rollout's label of the version (`bun run models put --version`), when it came from one. */
+      active: v.looseObject({ model: v.string(), version: v.string(), rollout: v.optional(v.string()) }),
       canary: v.nullable(v.looseObject({ version: v.string(), share: v.number() })),
     }),
   ),
@@ -96,7 +97,8 @@ function safeJson(text: string): unknown {
 
 /**
  * One row per pipeline, stage and worker: placement, load (in flight of
- * capacity), latency, CPU, fps and the model versions it serves.
+ * capacity), latency, CPU, fps and the model versions it serves (with the
+ * fleet rollout's version label where `bun run models put` brought it).
  */
 export function formatClusterStatus(s: ClusterStatus, url: string): string {
   type Row = { pipeline: string; stage: string; worker: string; placement: string; load: string; latency: string; cpu: string; fps: string; versions: string };
@@ -108,7 +110,7 @@ export function formatClusterStatus(s: ClusterStatus, url: string): string {
       const row = blank(p.pipeline, st.id, p.worker);
       row.fps = st.fps.toFixed(1);
       const m = p.models.find((x) => x.stage === st.id);
-      if (m) row.versions = `${m.active.model} ${m.active.version}` + (m.canary ? ` + canary ${m.canary.version} (${Math.round(m.canary.share * 100)} %)` : "");
+      if (m) row.versions = `${m.active.model} ${m.active.version}${m.active.rollout ? ` (rollout ${m.active.rollout})` : ""}` + (m.canary ? ` + canary ${m.canary.version} (${Math.round(m.canary.share * 100)} %)` : "");
       rows.set(key(p.pipeline, st.id, p.worker), row);
     }
   }
