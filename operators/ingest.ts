@@ -58,12 +58,24 @@ const PerStream = {
   ),
   reconnectMaxDelay: v.optional(
     v.pipe(v.number(), v.minValue(0.05), v.description("Longest reconnect delay in seconds (default 2: frames are back within ~2 s of a camera's return)."))),
+  decode: v.optional(
+    v.pipe(
+      v.boolean(),
+      v.description(
+        "false: relay the camera's H.264/H.265 without decoding, one frame per access unit (format h264/hevc, meta.video), for a `decode` stage elsewhere (docs/relay.md); fps, width, height and hwaccel need decoding. Default true.",
+      ),
+    ),
+  ),
 };
+/** fps, width and height work on decoded pictures: a relayed stream cannot have them. */
+const relayable = <T extends { decode?: boolean; fps?: number; width?: number }>(o: T) => o.decode !== false || (o.fps === undefined && o.width === undefined);
+const RELAY_ONLY = "decode: false relays the encoded stream as it is: fps, width and height need decoding (set them on the decode side, e.g. resize)";
 
 /** One entry of `streams:`, and the body of `POST /api/streams`. */
 const StreamSpec = v.pipe(
   v.strictObject({ id: StreamId, url: Url, ...PerStream }),
   v.check((o) => (o.width === undefined) === (o.height === undefined), "width and height go together"),
+  v.check(relayable, RELAY_ONLY),
 );
 type StreamSpec = v.InferOutput<typeof StreamSpec>;
 /** `id=url,id=url`: a list of cameras in one environment variable. */
@@ -110,6 +122,7 @@ const Options = v.pipe(
   }),
   v.check((o) => (o.url === undefined) !== (o.streams === undefined), "give url (one stream) or streams (several), not both"),
   v.check((o) => (o.width === undefined) === (o.height === undefined), "width and height go together"),
+  v.check(relayable, RELAY_ONLY),
 );
 type Options = v.InferOutput<typeof Options>;
 
@@ -120,6 +133,8 @@ function cameraOptions(o: Options, s: StreamSpec): CameraOptions {
   const pick = <K extends keyof typeof PerStream>(k: K) => s[k] ?? o[k];
   const input = HAS_SCHEME.test(s.url) ? s.url : resolveMediaPath(s.url)!;
   const realtime = pick("realtime") ?? DEFAULTS.realtime;
+  const decode = pick("decode") ?? true;
+  if (!relayable({ decode, fps: pick("fps"), width: pick("width") })) throw new StreamOptionsError(`stream ${s.id}: ${RELAY_ONLY}`);
   return {
     input,
     fps: pick("fps"),
@@ -133,6 +148,7 @@ function cameraOptions(o: Options, s: StreamSpec): CameraOptions {
     reconnectDelay: pick("reconnectDelay") ?? DEFAULTS.reconnectDelay,
     reconnectMaxDelay: pick("reconnectMaxDelay") ?? DEFAULTS.reconnectMaxDelay,
     hwaccel: pick("hwaccel"),
+    decode,
   };
 }
 
@@ -176,7 +192,7 @@ interface Running {
 export default defineOperator({
   name: "ingest",
   kind: "source",
-  description: "Decode RTSP/HTTP/file video with ffmpeg into rgb24 frames: one camera (url) or many (streams, changed at runtime).",
+  description: "Decode RTSP/HTTP/file video with ffmpeg into rgb24 frames, or relay its H.264/H.265 undecoded (decode: false): one camera (url) or many (streams, changed at runtime).",
   options: Options,
   create(o, ctx) {
     const ffmpeg = resolveFfmpeg();
@@ -189,6 +205,7 @@ export default defineOperator({
     let stopWatch: (() => void) | undefined;
     let everLive = false;
     let wake: () => void = () => {};
+    let fatal: Error | undefined;
     const initial: StreamSpec[] = o.streams ?? [{ id: o.stream ?? ctx.stage, url: o.url! }];
 
     function start(spec: StreamSpec, firstSeq = 0): Running {
@@ -199,9 +216,21 @@ export default defineOperator({
         spec,
         cam,
         ended: false,
-        done: cam.run(emit!, signal!).catch((err: Error) => {
+        done: cam
+          .run(emit!, signal!)
+          .then(async () => {
+            // A relayed file's end: the decoder downstream flushes the pictures it still holds (and frees its ffmpeg).
+            if (opts.decode === false && !signal!.aborted && running.get(spec.id) === r) {
+              await emit?.({ kind: "event", stream: spec.id, seq: cam.nextSeq, ts: Date.now(), type: "stream-end", data: { reason: "end" } });
+            }
+          })
+          .catch((err: Error) => {
           log.error(`${spec.id}: ${redact(err.message)}`);
-          if (running.size <= 1 && !o.streams) throw err;
+          if (running.size <= 1 && !o.streams) {
+            // One stream that cannot run (a config error, say): the stage ends with its error, live or not.
+            fatal ??= err;
+            throw err;
+          }
         }),
       };
       running.set(spec.id, r);
@@ -326,7 +355,7 @@ export default defineOperator({
         // Until shutdown while any stream is (or was) live: a gateway waits for cameras; a set of files ends with them.
         await new Promise<void>((resolve) => {
           const check = () => {
-            if (sig.aborted || (!everLive && [...running.values()].every((r) => r.ended))) resolve();
+            if (sig.aborted || fatal || (!everLive && [...running.values()].every((r) => r.ended))) resolve();
           };
           wake = check;
           sig.addEventListener("abort", check, { once: true });
@@ -334,6 +363,12 @@ export default defineOperator({
         });
         stopWatch?.();
         await Promise.all([...running.values()].map((r) => r.done));
+        // Stopped (--frames, a signal): relayed streams say so, so decoders downstream flush the pictures they hold during the drain.
+        for (const r of running.values()) {
+          if (sig.aborted && r.cam.options.decode === false) {
+            await out({ kind: "event", stream: r.spec.id, seq: r.cam.nextSeq, ts: Date.now(), type: "stream-end", data: { reason: "stopped" } });
+          }
+        }
       },
       async close() {
         stopWatch?.();

@@ -115,6 +115,16 @@ export function describeFfmpeg(binary: FfmpegBinary | string = findFfmpeg()): st
   return `ffmpeg ${line} (${b.source}, ${b.path})`;
 }
 
+/**
+ * The release line of an ffmpeg binary (0 when unknown), probed once per path.
+ * @example
+ * if (ffmpegMajor(resolveFfmpeg()) >= 5) args.push("-autoscale", "0");
+ */
+export function ffmpegMajor(path: string): number {
+  if (cached?.path === path) return cached.major;
+  return (described.get(path) ?? probeOnce(path)).major;
+}
+
 const described = new Map<string, { version: string; major: number }>();
 function probeOnce(path: string): { version: string; major: number } {
   const info = probeFfmpeg(path) ?? { version: "unknown", major: 0 };
