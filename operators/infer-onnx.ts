@@ -224,6 +224,7 @@ export default defineOperator({
             baseFile: resolveModel(o.model)!,
             cacheDir: o.rollout.cache ?? join("out", "model-cache", ctx.pipeline.replace(/[^A-Za-z0-9_-]/g, "_")),
             log: ctx.log,
+            ...(ctx.worker ? { worker: ctx.worker } : {}),
           })
         : undefined;
     const load: VersionLoader<OnnxVersion> = async (file, known) => {

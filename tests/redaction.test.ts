@@ -10,7 +10,7 @@
  * The streams' state file keeps them whole (a restart reconnects from it).
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CLIP, TOKEN } from "./lifecycle-support.ts";
 import { startPipelineProcess, type PipelineProcess } from "./support/http.ts";
@@ -94,9 +94,10 @@ describe("credentials are redacted everywhere", () => {
     const logs = p.child.stdout() + p.child.stderr();
     const results = await readFile(out, "utf8");
     // The state file is the one place the URLs are kept whole: a restart reconnects from it
-    // (runtime/platform/stream-file.ts; see RELIABILITY.md for its file mode).
+    // (runtime/platform/stream-file.ts), readable by its owner only.
     const stateFile = await readFile(state, "utf8");
     expect(stateFile).toContain(live);
+    expect(((await stat(state)).mode & 0o777).toString(8)).toBe("600");
 
     // The outputs were real: the dead camera's connection errors are in the log, frames in the results.
     expect(logs).toMatch(/back/);

@@ -224,6 +224,8 @@ export interface RolloutWorkerOptions {
   /** Folder for fetched model files (one sub-folder per sha256). */
   cacheDir: string;
   log: Logger;
+  /** This process's worker id (StageContext.worker), so `models ls` names workers as status does; host-pid when absent. */
+  worker?: string;
 }
 
 /** A version this worker has fetched (or found in its cache), as a file. */
@@ -243,7 +245,7 @@ interface Fetched {
  * rollout?.attach(life);
  */
 export class RolloutWorker {
-  readonly worker = `${safe(hostname()).slice(0, 40) || "host"}-${globalThis.process?.pid ?? 0}`;
+  readonly worker: string;
   private current: VersionRecord | null = null;
   private wanted: Wanted | null = null;
   private state: WorkerReport["state"] = "ok";
@@ -262,7 +264,9 @@ export class RolloutWorker {
   private constructor(
     private kv: KV,
     private o: RolloutWorkerOptions,
-  ) {}
+  ) {
+    this.worker = o.worker ?? `${safe(hostname()).slice(0, 40) || "host"}-${globalThis.process?.pid ?? 0}`;
+  }
 
   /**
    * Opens the rollout KV bucket; resolves with undefined (and logs why) when

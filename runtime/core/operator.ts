@@ -13,6 +13,8 @@ export interface StageContext {
   /** The stage id from the pipeline file. */
   stage: string;
   pipeline: string;
+  /** This process's worker id (unique per process; `--worker-id` or host-pid-random), as status and the NATS service report it. */
+  worker?: string;
   log: Logger;
   /** Aborted when the pipeline shuts down. */
   signal: AbortSignal;

@@ -117,6 +117,7 @@ export class Executor {
           pipeline: this.spec.name,
           log: this.log.child(spec.id),
           signal: this.abort.signal,
+          worker: this.workerId,
           operators: this.spec.registry,
         };
         const instance = await spec.def.create(spec.options as never, ctx);

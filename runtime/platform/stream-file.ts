@@ -27,7 +27,7 @@ export function fileStreamStore(path: string): StreamStore {
   const write = (streams: Record<string, unknown>[]) => {
     cache = streams;
     const snapshot: StreamFile = { version: 1, streams: structuredClone(streams) };
-    writing = writing.then(() => writeFileAtomic(path, JSON.stringify(snapshot, null, 1)));
+    writing = writing.then(() => writeFileAtomic(path, JSON.stringify(snapshot, null, 1), { mode: 0o600 }));
     return writing;
   };
   return {
