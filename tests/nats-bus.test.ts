@@ -168,6 +168,47 @@ describe("NatsBus", () => {
     expect(warnings.some((l) => l.includes("meta length"))).toBe(true);
   });
 
+  test("flow control: the handler's promise is awaited before the next message; past maxPendingBytes live frames drop and others are lost loudly, both counted", async () => {
+    const a = await bus();
+    const b = await bus();
+    // Honoured promises: a slow handler is never entered twice at once, and every message arrives in order.
+    let inside = 0;
+    let most = 0;
+    const seen: number[] = [];
+    b.subscribe("fw.t.flow", async (m) => {
+      most = Math.max(most, ++inside);
+      await new Promise((r) => setTimeout(r, 5));
+      seen.push(m.seq);
+      inside--;
+    });
+    await b.nc.flush();
+    for (let i = 0; i < 20; i++) await a.publish("fw.t.flow", picture(i));
+    await until(() => seen.length === 20, "20 frames through the slow handler");
+    expect(most).toBe(1);
+    expect(seen).toEqual(Array.from({ length: 20 }, (_, i) => i));
+
+    // A handler that does not take anything until released, and room for about three frames waiting.
+    const frameBytes = a.encode("fw.t.behind", picture(0)).length;
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const taken: Message[] = [];
+    b.subscribe("fw.t.behind", async (m) => {
+      await gate;
+      taken.push(m);
+    }, { maxPendingBytes: 3 * frameBytes });
+    await b.nc.flush();
+    for (let i = 0; i < 10; i++) await a.publish("fw.t.behind", picture(i, { live: true }));
+    for (let i = 10; i < 14; i++) await a.publish("fw.t.behind", picture(i));
+    await a.nc.flush();
+    await until(() => b.stats.droppedBehind + b.stats.refusedBehind === 11, "11 messages past the limit");
+    release();
+    await until(() => taken.length === 3, "the 3 that waited");
+    expect(taken.map((m) => m.seq)).toEqual([0, 1, 2]);
+    expect([b.stats.droppedBehind, b.stats.refusedBehind]).toEqual([7, 4]);
+    expect(logOf(b).text()).toContain("subscription fw.t.behind falls behind");
+    expect(logOf(b).text()).toContain("LOST frame s#10, which the publisher sent as not droppable");
+  });
+
   test("NATS down at start: says so, retries, and connects once the server is up", async () => {
     const port = await freePort();
     const log = captureLog("bus");

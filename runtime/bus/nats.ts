@@ -79,8 +79,12 @@ export interface NatsBusStats {
   rejectedBy: Record<RejectReason, number>;
   /** Publishes and subscriptions the server refused (its permissions). */
   deniedByServer: number;
-  /** Live frames dropped because the reconnect buffer was full. */
+  /** Live frames dropped because the reconnect buffer was full, and messages whose publish the connection closing overtook. */
   droppedOffline: number;
+  /** Live frames a plain subscription dropped because its stage fell behind (maxPendingBytes waiting). */
+  droppedBehind: number;
+  /** Other messages (events, file frames) a plain subscription could not keep for the same reason: lost, logged as errors. */
+  refusedBehind: number;
   reconnects: number;
   connected: boolean;
 }
@@ -89,9 +93,17 @@ export interface NatsBusStats {
 export interface NatsSubscribeOptions extends SubscribeOptions {
   /** Refuse a frame (stream, seq) this subscription already received (default true). */
   rejectDuplicates?: boolean;
+  /**
+   * Bytes of received messages waiting for the handler (default 256 MiB):
+   * the handler's promise is awaited before the next message is handed
+   * over, and past this a live frame is dropped, anything else lost with an
+   * error (both counted; core NATS cannot slow a publisher down).
+   */
+  maxPendingBytes?: number;
 }
 
 const DEFAULT_RECONNECT_BUFFER = 64 * 1024 * 1024;
+const DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024;
 /** Lines logged per reason before the log is rate-limited, then at most one per this many ms. */
 const LOG_FIRST = 5;
 const LOG_EVERY_MS = 10_000;
@@ -147,6 +159,8 @@ export class NatsBus implements NatsLink {
     rejectedBy: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number>,
     deniedByServer: 0,
     droppedOffline: 0,
+    droppedBehind: 0,
+    refusedBehind: 0,
     reconnects: 0,
     connected: true,
   };
@@ -209,7 +223,14 @@ export class NatsBus implements NatsLink {
     const inTurn = this.encodeOrder.then(() => encoding);
     this.encodeOrder = inTurn.catch(() => undefined);
     const payload = await inTurn;
-    if (await this.admit(payload.length, isDroppable(msg))) this.send(subject, payload);
+    if (!(await this.admit(payload.length, isDroppable(msg)))) return;
+    // close() came while it was being encoded: said, not thrown at a caller that may not be waiting.
+    if (this.nc.isClosed()) {
+      this.stats.droppedOffline++;
+      this.log.warn(`not sent on ${subject}: the connection was closed while the message was being encoded`);
+      return;
+    }
+    this.send(subject, payload);
   }
 
   /**
@@ -276,22 +297,53 @@ export class NatsBus implements NatsLink {
    */
   subscribe(pattern: string, handler: Handler, opts: NatsSubscribeOptions = {}): Subscription {
     const window = opts.rejectDuplicates === false ? undefined : new DuplicateWindow();
+    const limit = opts.maxPendingBytes ?? DEFAULT_MAX_PENDING_BYTES;
+    // Flow control: a message is handed over once the handler's promise for the one before it settled (the
+    // inbox has room); meanwhile messages wait here, up to `limit` bytes. Core NATS cannot slow a publisher
+    // down, so past that a live frame is dropped and anything else refused with an error, both counted.
+    let pendingBytes = 0;
+    let order: Promise<void> = Promise.resolve();
     const sub = this.nc.subscribe(pattern, {
       queue: opts.queue,
       callback: (err, m) => {
         if (err) return this.subscriptionError(pattern, err);
+        const size = m.data.length;
         // Decoded concurrently (a JPEG in sharp's threads), handled in arrival order.
         const decoding = this.decodeData(m);
-        order = order.then(async () => {
-          const msg = this.accept(m, await decoding, window);
-          if (!msg) return;
-          const r = handler(msg, m.subject);
-          if (r) r.catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`));
-        }).catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`)); // a throw must not stop the messages after it
+        if (pendingBytes > 0 && pendingBytes + size > limit) {
+          void decoding.then((d) => {
+            const msg = this.accept(m, d, window);
+            if (msg) this.overflow(pattern, msg, limit);
+          });
+          return;
+        }
+        pendingBytes += size;
+        order = order
+          .then(async () => {
+            const msg = this.accept(m, await decoding, window);
+            if (msg) await handler(msg, m.subject);
+          })
+          .catch((e) => this.log.error(`handler for ${m.subject}: ${(e as Error).message}`)) // a throw must not stop the messages after it
+          .finally(() => {
+            pendingBytes -= size;
+          });
       },
     });
-    let order: Promise<void> = Promise.resolve();
     return { unsubscribe: () => sub.unsubscribe() };
+  }
+
+  /** A message past a subscription's pending bytes: dropped (a live frame) or refused (anything else), counted and said. */
+  private overflow(pattern: string, msg: Message, limit: number): void {
+    const live = isDroppable(msg);
+    if (live) this.stats.droppedBehind++;
+    else this.stats.refusedBehind++;
+    const n = live ? this.stats.droppedBehind : this.stats.refusedBehind;
+    const what = `${msg.kind} ${msg.stream}#${msg.seq}`;
+    const text =
+      `subscription ${pattern} falls behind (${limit >= 1048576 ? `${Math.round(limit / 1048576)} MiB` : `${Math.round(limit / 1024)} KiB`} waiting for the stage): ` +
+      (live ? `dropped live ${what}` : `LOST ${what}, which the publisher sent as not droppable: route it through the pipeline's stages or JetStream (sink-jetstream), or slow the publisher down`) +
+      ` (${this.stats.droppedBehind} dropped, ${this.stats.refusedBehind} lost so far)`;
+    if (n <= LOG_FIRST || n % 100 === 0) (live ? this.log.warn : this.log.error).call(this.log, text);
   }
 
   /**

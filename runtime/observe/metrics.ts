@@ -148,6 +148,10 @@ export async function renderMetrics(view: StatusView): Promise<{ contentType: st
     const rejected = family("nats_rejected_total", "Messages from NATS refused, by reason (malformed, oversize, duplicate, control-malformed, unsigned, bad-signature, stale).", "counter");
     for (const [reason, count] of Object.entries(n.rejectedBy)) rejected.add({ reason }, count);
     family("nats_denied_total", "Publishes and subscriptions the NATS server refused (its permissions).", "counter").add({}, n.deniedByServer);
+    const behind = family("nats_not_delivered_total", "Messages not delivered, by why: offline (the reconnect buffer was full; live frames), behind (a plain subscription's stage fell behind; live frames dropped), lost (the same, events and file frames).", "counter");
+    behind.add({ why: "offline" }, n.droppedOffline);
+    behind.add({ why: "behind" }, n.droppedBehind);
+    behind.add({ why: "lost" }, n.refusedBehind);
   }
 
   const reg = new Registry();
