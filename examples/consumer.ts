@@ -7,7 +7,10 @@
  *
  *   bun examples/consumer.ts [--nats nats://127.0.0.1:4222] [--subject demo.results] [--count N]
  *
- * The same with the NATS CLI:  nats sub 'demo.results.>'
+ * A pipeline that publishes such results: pipelines/shop.yaml (subject shop.results):
+ *   bun run pipeline shop.yaml & bun examples/consumer.ts --subject shop.results
+ *
+ * The same with the NATS CLI:  nats sub 'demo.results.>'   (or without it: bun run sub 'demo.results.>')
  */
 import { parseArgs } from "node:util";
 import { connect } from "@nats-io/transport-node";

@@ -48,7 +48,11 @@ const Options = v.strictObject({
   ),
   retryDelay: seconds(0.1, 0.001, "Seconds before the first retry; doubled for each next one, with jitter."),
   retryMaxDelay: seconds(2, 0.001, "Longest wait between retries, in seconds."),
-  startTimeout: seconds(30, 0, "Seconds to wait at start for the model to be ready before the stage fails."),
+  startTimeout: seconds(
+    30,
+    0,
+    "Seconds to wait at start for the model to be ready. Past it the stage runs anyway: its frames fail (counted) while the server is checked again with backoff, up to retryMaxDelay apart, until it answers.",
+  ),
   names: v.optional(
     v.pipe(v.array(v.string()), v.description("Class names; default: from a framewire server's metadata (Triton has none to give).")),
   ),
@@ -146,8 +150,9 @@ class KServeClient {
   }
 
   /** Polls the model's ready endpoint until it answers 200 or `startTimeout` passes. */
-  async waitReady(): Promise<void> {
-    const deadline = performance.now() + this.o.startTimeout * 1000;
+  async waitReady(timeoutS = this.o.startTimeout): Promise<void> {
+    const deadline = performance.now() + timeoutS * 1000;
+    let said = false;
     let delay = this.o.retryDelay * 1000;
     for (;;) {
       let why: string;
@@ -163,8 +168,10 @@ class KServeClient {
         why = (err as Error).message;
       }
       if (performance.now() + delay > deadline) {
-        throw new TritonUnavailableError(`model ${this.o.model} on ${this.base} is not ready after ${this.o.startTimeout} s (${why})`);
+        throw new TritonUnavailableError(`model ${this.o.model} on ${this.base} is not ready${timeoutS ? ` after ${timeoutS} s` : ""} (${why})`);
       }
+      if (!said) this.log.info(`waiting up to ${timeoutS} s for model ${this.o.model} on ${this.base} (${why})`);
+      said = true;
       await sleep(delay, this.closed.signal);
       delay = Math.min(delay * 2, this.o.retryMaxDelay * 1000);
     }
@@ -262,39 +269,77 @@ export default defineOperator({
   async create(o, ctx) {
     const base = o.url.replace(/\/$/, "");
     const client = new KServeClient(base, o, ctx.log);
-    await client.waitReady();
-    const meta = await client.metadata();
-    const input = pickTensor(meta.inputs, o.input, "input", o.model, true);
-    const output = pickTensor(meta.outputs, o.output, "output", o.model, false);
-    // Rank 4 is N×C×H×W (Triton writes a dynamic batch as -1); rank 3 is a model without a batch axis (max_batch_size 0).
-    if ((input.shape.length !== 4 && input.shape.length !== 3) || ![3, -1].includes(input.shape.at(-3)!)) {
-      throw new ConfigError(
-        `model ${o.model}: input ${input.name} has shape [${input.shape}]; infer-triton feeds 3-channel images (N×3×H×W or 3×H×W)`,
+    /** Readiness, metadata and configuration: what the stage needs from the server before its first request. */
+    const setup = async (readyTimeoutS: number) => {
+      await client.waitReady(readyTimeoutS);
+      const meta = await client.metadata();
+      const input = pickTensor(meta.inputs, o.input, "input", o.model, true);
+      const output = pickTensor(meta.outputs, o.output, "output", o.model, false);
+      // Rank 4 is N×C×H×W (Triton writes a dynamic batch as -1); rank 3 is a model without a batch axis (max_batch_size 0).
+      if ((input.shape.length !== 4 && input.shape.length !== 3) || ![3, -1].includes(input.shape.at(-3)!)) {
+        throw new ConfigError(
+          `model ${o.model}: input ${input.name} has shape [${input.shape}]; infer-triton feeds 3-channel images (N×3×H×W or 3×H×W)`,
+        );
+      }
+      if (output.shape.length !== 3 && output.shape.length !== 2) {
+        throw new ConfigError(
+          `model ${o.model}: output ${output.name} has shape [${output.shape}]; expected a YOLO output (N×anchors×values or N×values×anchors)`,
+        );
+      }
+      const classNames = o.names ?? metadataNames(meta) ?? [];
+      if (!classNames.length) ctx.log.warn(`model ${o.model} names no classes: detections will carry class ids; set \`names\``);
+      const unbatched = input.shape.length === 3;
+      // How many frames one request may carry: the server's max_batch_size, when it says (model configuration), and `batch`.
+      const config = await client.config();
+      const serverMax = typeof config === "string" ? undefined : config.max_batch_size;
+      const limit = serverMax !== undefined && serverMax > 0 && !unbatched && input.shape[0] === -1 ? Math.min(o.batch, serverMax) : 1;
+      let batching: string;
+      if (typeof config === "string") batching = `no model configuration from the server (${config}): one frame per request`;
+      else {
+        const db = config.dynamic_batching;
+        const dynamic = db ? `, dynamic batching (preferred ${db.preferred_batch_size.join("/") || "none"}, max queue delay ${db.max_queue_delay_microseconds} µs)` : "";
+        batching = `max_batch_size ${config.max_batch_size}${dynamic}: ${limit > 1 ? `up to ${limit} frames per request` : "one frame per request"}`;
+      }
+      ctx.log.info(
+        `${o.model} ready on ${base} (${meta.platform ?? "unknown platform"}): input ${input.name} [${input.shape}] ${input.datatype}, ` +
+          `output ${output.name} [${output.shape}] ${output.datatype}, ${o.binary ? "binary" : "JSON"} tensors, ${classNames.length} classes; ${batching}`,
       );
+      return { input, output, classNames, unbatched, serverMax, limit };
+    };
+    type Model = Awaited<ReturnType<typeof setup>>;
+    let model: Model | undefined;
+    try {
+      model = await setup(o.startTimeout);
+    } catch (err) {
+      // Wrong model names, shapes and types are mistakes; a server that is down is an outage: run, fail frames, retry.
+      if (!(err instanceof TritonUnavailableError)) throw err;
+      ctx.log.warn(`${err.message}; the stage runs: frames fail (counted) until it answers`);
     }
-    if (output.shape.length !== 3 && output.shape.length !== 2) {
-      throw new ConfigError(
-        `model ${o.model}: output ${output.name} has shape [${output.shape}]; expected a YOLO output (N×anchors×values or N×values×anchors)`,
-      );
-    }
-    const classNames = o.names ?? metadataNames(meta) ?? [];
-    if (!classNames.length) ctx.log.warn(`model ${o.model} names no classes: detections will carry class ids; set \`names\``);
-    const unbatched = input.shape.length === 3;
-    // How many frames one request may carry: the server's max_batch_size, when it says (model configuration), and `batch`.
-    const config = await client.config();
-    const serverMax = typeof config === "string" ? undefined : config.max_batch_size;
-    const limit = serverMax !== undefined && serverMax > 0 && !unbatched && input.shape[0] === -1 ? Math.min(o.batch, serverMax) : 1;
-    let batching: string;
-    if (typeof config === "string") batching = `no model configuration from the server (${config}): one frame per request`;
-    else {
-      const db = config.dynamic_batching;
-      const dynamic = db ? `, dynamic batching (preferred ${db.preferred_batch_size.join("/") || "none"}, max queue delay ${db.max_queue_delay_microseconds} µs)` : "";
-      batching = `max_batch_size ${config.max_batch_size}${dynamic}: ${limit > 1 ? `up to ${limit} frames per request` : "one frame per request"}`;
-    }
-    ctx.log.info(
-      `${o.model} ready on ${base} (${meta.platform ?? "unknown platform"}): input ${input.name} [${input.shape}] ${input.datatype}, ` +
-        `output ${output.name} [${output.shape}] ${output.datatype}, ${o.binary ? "binary" : "JSON"} tensors, ${classNames.length} classes; ${batching}`,
-    );
+    let lateSetup: Promise<Model> | undefined;
+    let nextTry = 0;
+    let tryDelay = o.retryDelay * 1000;
+    let lastFailure = "";
+    /** The model, set up now if the server was down at start: one readiness check at a time, with backoff. */
+    const ready = async (): Promise<Model> => {
+      if (model) return model;
+      if (!lateSetup) {
+        if (performance.now() < nextTry) throw new TritonUnavailableError(`model ${o.model} on ${base} is not ready (${lastFailure}); retrying`);
+        lateSetup = setup(0).then(
+          (m) => {
+            ctx.log.info(`${base} answers again`);
+            return (model = m);
+          },
+          (err: Error) => {
+            lateSetup = undefined;
+            lastFailure = err.message.replace(/^.*?\((.*)\)$/, "$1");
+            nextTry = performance.now() + tryDelay;
+            tryDelay = Math.min(tryDelay * 2, o.retryMaxDelay * 1000);
+            throw err;
+          },
+        );
+      }
+      return lateSetup;
+    };
     let checked = false;
     let layout: Predictions["layout"] | undefined;
     let failing = false;
@@ -311,7 +356,8 @@ export default defineOperator({
     let timer: ReturnType<typeof setTimeout> | undefined;
 
     /** One request for `group` (frames of one shape); each frame gets its slice of the output. */
-    const send = async (group: Waiting[]) => {
+    const send = async (group: Waiting[], m: Model) => {
+      const { input, output, unbatched } = m;
       const n = group.length;
       const first = group[0].frame.tensor;
       const shape = unbatched ? first.dims.slice(1) : [n, ...first.dims.slice(1)];
@@ -349,15 +395,16 @@ export default defineOperator({
     const flush = () => {
       clearTimeout(timer);
       timer = undefined;
-      while (waiting.length) {
-        const group = waiting.splice(0, limit);
-        void send(group);
+      while (model && waiting.length) {
+        const group = waiting.splice(0, model.limit);
+        void send(group, model);
       }
     };
-    const submit = (frame: Waiting["frame"]) =>
+    const submit = (frame: Waiting["frame"], m: Model) =>
       new Promise<{ data: Float32Array; dims: number[] }>((resolve, reject) => {
         const w = { frame, resolve, reject };
-        if (limit === 1) return void send([w]);
+        const limit = m.limit;
+        if (limit === 1) return void send([w], m);
         // Only frames of one shape share a request.
         if (waiting.length && waiting[0].frame.tensor.dims.join() !== frame.tensor.dims.join()) flush();
         waiting.push(w);
@@ -370,6 +417,8 @@ export default defineOperator({
         if (msg.kind !== "frame") return msg;
         const f: Frame = msg;
         if (!f.tensor) throw new Error("frame has no tensor: put a resize stage before infer-triton");
+        const m = await ready();
+        const { input, unbatched, classNames } = m;
         const shape = unbatched ? f.tensor.dims.slice(1) : f.tensor.dims;
         if (!checked) {
           const bad = shape.length !== input.shape.length || input.shape.some((d, i) => d > 0 && d !== shape[i]);
@@ -379,7 +428,7 @@ export default defineOperator({
             );
           checked = true;
         }
-        const out = await submit(f as Waiting["frame"]);
+        const out = await submit(f as Waiting["frame"], m);
         layout ??= detectLayout(out.dims, o.layout);
         return derive(f, { predictions: { layout, dims: out.dims, data: out.data, classNames, model: o.model } });
       },
@@ -396,9 +445,9 @@ export default defineOperator({
           name: "infer_triton_max_batch_size",
           help: "The model's max_batch_size from the server's model configuration (0: no batch axis; -1: the server offers no configuration).",
           type: "gauge" as const,
-          value: serverMax ?? -1,
+          value: model ? (model.serverMax ?? -1) : -1,
         },
-        { name: "infer_triton_batch_limit", help: "Most frames this stage puts in one request.", type: "gauge" as const, value: limit },
+        { name: "infer_triton_batch_limit", help: "Most frames this stage puts in one request (0 until the server has answered).", type: "gauge" as const, value: model?.limit ?? 0 },
       ],
       async close() {
         flush();

@@ -23,6 +23,8 @@ const USAGE = `usage:
   bun run validate FILE
   bun run status [--nats URL] [--wait SECONDS] [--json]
   bun run streams ls|add|set|rm ... --nats URL --pipeline NAME (cameras of a running pipeline)
+  bun run models put FILE|ls|rollback --nats URL --pipeline NAME [--stage ID] [--version LABEL] (fleet model rollout)
+  bun run sub SUBJECT [--nats URL] [--count N] [--raw]   (print what is published on a subject)
   bun run serve --model FILE | --model-repository DIR [--port N] (bun run serve --help)
   bun run eval coco --images DIR --labels DIR [--model FILE]
   bun run docs [--check]      regenerate docs/operators.md and pipelines/pipeline.schema.json
@@ -184,6 +186,10 @@ async function main(): Promise<number> {
         return await runStatus(rest);
       case "streams":
         return await (await import("./observe/streams-cli.ts")).runStreams(rest);
+      case "models":
+        return await (await import("./observe/models-cli.ts")).runModels(rest);
+      case "sub":
+        return await (await import("./observe/sub-cli.ts")).runSub(rest);
       case "serve":
         return await (await import("./serve/cli.ts")).runServe(rest);
       case "eval": {

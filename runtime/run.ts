@@ -28,6 +28,7 @@ export async function createBus(url: string, cfg: NatsConfig | undefined, log: L
   if (url === "memory") return new MemoryBus();
   if (!/^(nats|tls):\/\//.test(url)) throw new ConfigError(`bus: expected "memory" or a nats:// URL, got "${url}"`);
   const { reconnectBufferMB, ...auth } = cfg ?? {};
+  const hint = natsServerHint(url, log);
   return NatsBus.connect({
     url,
     ...auth,
@@ -37,7 +38,44 @@ export async function createBus(url: string, cfg: NatsConfig | undefined, log: L
     name: `framewire ${basename(url)}`,
     log,
     signal,
-  });
+  }).finally(hint);
+}
+
+/**
+ * While a NATS connection is not up, says which server to start (after 1 s,
+ * then after 5, 15, 30 and every 60 s); the returned function stops it.
+ * @example
+ * const stop = natsServerHint("nats://127.0.0.1:4222", log);
+ * await NatsBus.connect({ url, log }).finally(stop);
+ */
+export function natsServerHint(url: string, log: Logger): () => void {
+  let u: URL | undefined;
+  try {
+    u = new URL(url.replace(/^tls:/, "https:").replace(/^nats:/, "http:"));
+  } catch {
+    // The connect reports a URL it cannot use.
+  }
+  const host = u?.hostname || "127.0.0.1";
+  const port = u?.port || "4222";
+  const where = url.replace(/\/\/[^@/]*@/, "//");
+  const local = /^(127\.|localhost$|\[?::1\]?$)/.test(host);
+  const text =
+    `no NATS server answers at ${where} yet; ` +
+    (local
+      ? `start one: nats-server -js -a ${host} -p ${port} (or nats-server -c pipelines/nats/local.conf, edge-leaf.conf or hub.conf; docs/distributed.md), `
+      : `start nats-server on ${host}:${port} or point --nats / NATS_URL at one, `) +
+    `or drop --nats / NATS_URL for the in-memory bus; still retrying`;
+  const delays = [1000, 4000, 10_000, 15_000];
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let i = 0;
+  const next = () => {
+    timer = setTimeout(() => {
+      log.warn(text);
+      next();
+    }, delays[i++] ?? 60_000);
+  };
+  next();
+  return () => clearTimeout(timer);
 }
 
 /** How {@link runPipeline} runs a pipeline; the executor's options plus bus and HTTP. */

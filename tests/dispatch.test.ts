@@ -132,7 +132,8 @@ describe("infer-dispatch", () => {
   test("a variant whose server is down at start does not stop the stage: the others run", async () => {
     const url = `http://127.0.0.1:${await freePort()}`;
     const { instance, log } = await makeTransform("infer-dispatch", { variants: variants(url), cooldown: 60 }, "detect");
-    expect(log.text()).toContain("variant remote could not start (model yolov5n on");
+    // infer-triton starts without its server (frames fail fast until it answers), so the frame tried there falls back.
+    expect(log.text()).toMatch(/\[detect\/remote\] model yolov5n on http:\/\/127\.0\.0\.1:\d+ is not ready \(.*\); the stage runs: frames fail \(counted\) until it answers/);
     expect(variantOf(await step(instance, await ready(0)))).toBe("detect@local");
     await instance.close?.();
   });
@@ -170,5 +171,44 @@ stages:
     const err = parseError(text, await registryWith());
     expect(err.issues[0]).toMatchObject({ line: 8, path: "stages[1].with.variants[0].use" });
     expect(err.issues[0].message).toContain('"infer-onnx" | "infer-triton"');
+  });
+
+  test("validate checks each variant's own options (a missing model file, a wrong type, an unknown key) with file:line", async () => {
+    const text = `name: d
+stages:
+  - { id: cam, use: ingest, with: { url: "${busImage}" } }
+  - id: detect
+    use: infer-dispatch
+    with:
+      variants:
+        - id: cpu
+          use: infer-onnx
+          with: { model: yolov5n.onnx }
+        - id: light
+          use: infer-onnx
+          with: { model: yolov5n-320.onnx }
+        - id: gpu
+          use: infer-triton
+          with: { url: "http://127.0.0.1:8000", model: yolov5, retries: many, colour: red }
+`;
+    const err = parseError(text, await registryWith());
+    const got = err.issues.map((i) => ({ line: i.line, path: i.path, message: i.message })).sort((a, b) => a.path.localeCompare(b.path));
+    expect(got).toEqual([
+      { line: 13, path: "stages[1].with.variants[1].with.model", message: expect.stringContaining("model file not found") },
+      { line: 16, path: "stages[1].with.variants[2].with.colour", message: expect.stringContaining("unknown key") },
+      { line: 16, path: "stages[1].with.variants[2].with.retries", message: 'expected number, got "many"' },
+    ]);
+    // The CLI says the same, file:line:column first.
+    const { startProcess } = await import("./support/process.ts");
+    const { repoRoot, tempDir } = await import("./support/paths.ts");
+    const dir = await tempDir("framewire-dispatch-");
+    const file = (await import("node:path")).join(dir.path, "d.yaml");
+    await Bun.write(file, text);
+    const c = startProcess([process.execPath, "runtime/cli.ts", "validate", file], { cwd: repoRoot });
+    expect(await c.exited).toBe(2);
+    const first = c.stderr().split("\n")[0];
+    expect(first).toStartWith(`error: ${file}:13:`);
+    expect(first).toContain(": stages[1].with.variants[1].with.model: model file not found");
+    await dir.remove();
   });
 });

@@ -269,3 +269,39 @@ stages:
     expect(parseError("- a\n- b\n", registry).issues[0].line).toBe(1);
   });
 });
+
+describe("operators nested in options ({ use, with })", () => {
+  let registry: Registry;
+  beforeAll(async () => {
+    registry = await loadRegistry();
+  });
+
+  test("a nested operator's with is checked by that operator's schema, at its own line (browser's server tier)", () => {
+    const text = `name: phones
+stages:
+  - id: phone
+    use: browser
+    with:
+      server:
+        use: infer-onnx
+        with: { model: no-such-model.onnx, threads: lots }
+  - { id: out, use: sink-log }
+`;
+    const err = parseError(text, registry);
+    const got = err.issues.map((i) => `${i.line}:${i.path}`).sort();
+    expect(got).toEqual(["8:stages[0].with.server.with.model", "8:stages[0].with.server.with.threads"]);
+    expect(err.issues.find((i) => i.path.endsWith(".model"))!.message).toContain("model file not found");
+  });
+
+  test("a valid nested configuration passes", () => {
+    const text = `name: phones
+stages:
+  - id: phone
+    use: browser
+    with:
+      server: { use: infer-onnx, with: { model: yolov5n.onnx } }
+  - { id: out, use: sink-log }
+`;
+    expect(parse(text, registry).stages[0].id).toBe("phone");
+  });
+});

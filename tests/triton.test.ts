@@ -82,10 +82,16 @@ describe("infer-triton against framewire serve", () => {
     await triton.close?.();
   });
 
-  test("a server that never gets ready fails the stage after startTimeout, naming it", async () => {
+  test("a server that is not ready after startTimeout: the stage runs, says so once, and its frames fail with the server named", async () => {
     const port = await freePort();
-    const err = await failure(makeTransform("infer-triton", { url: `http://127.0.0.1:${port}`, model: "yolov5n", startTimeout: 0.3, retryDelay: 0.05 }));
-    expect(err.message).toStartWith(`model yolov5n on http://127.0.0.1:${port} is not ready after 0.3 s`);
+    const { instance, log } = await makeTransform("infer-triton", { url: `http://127.0.0.1:${port}`, model: "yolov5n", startTimeout: 0.3, retryDelay: 0.05 });
+    expect(log.text()).toContain(`model yolov5n on http://127.0.0.1:${port} is not ready after 0.3 s`);
+    expect(log.text()).toContain("the stage runs: frames fail (counted) until it answers");
+    const small = (await makeTransform("resize", { width: 640, height: 640 })).instance;
+    const err = await failure(Promise.resolve(instance.process(await step(small, copy(frames[0])))));
+    expect(err.name).toBe("TritonUnavailableError");
+    expect(err.message).toContain(`http://127.0.0.1:${port}`);
+    await instance.close?.();
   });
 });
 

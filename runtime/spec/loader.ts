@@ -273,6 +273,8 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
     const r = v.safeParse(def.options, s.with ?? {}, { abortEarly: false });
     if (!r.success) for (const iss of r.issues) reportIssue(doc, at, iss, ["stages", i, "with"], def.options);
     else resolved[i] = { def, options: r.output };
+    // Operators inside options (infer-dispatch's variants): checked here too, at their own line.
+    checkNested(s.with, ["stages", i, "with"], registry, (iss, prefix, schema) => reportIssue(doc, at, iss, prefix, schema));
   });
   if (issues.length) throw fail();
 
@@ -305,6 +307,36 @@ export function parsePipeline(text: string, file: string, registry: Registry, en
   if (issues.length) throw fail();
   const { url, ...nats } = bus;
   return { name: p.name, file, bus: url, ...(typeof p.bus === "object" ? { nats } : {}), stages, ...(p.http ? { http: p.http } : {}), registry };
+}
+
+/**
+ * Operator configurations nested in a stage's options — objects `{ use:
+ * <operator>, with: {...} }`, such as infer-dispatch's variants — have their
+ * `with` checked against that operator's schema (model files included), so
+ * `validate` reports them with file:line like a stage's own options.
+ * @example
+ * checkNested({ variants: [{ id: "a", use: "infer-onnx", with: { model: "nope.onnx" } }] }, ["stages", 2, "with"], registry, report);
+ * // report(issue "model file not found", ["stages", 2, "with", "variants", 0, "with"], infer-onnx's schema)
+ */
+export function checkNested(
+  value: unknown,
+  keys: (string | number)[],
+  registry: Registry,
+  report: (issue: v.BaseIssue<unknown>, prefix: (string | number)[], schema: v.GenericSchema) => void,
+  depth = 0,
+): void {
+  if (depth > 8 || !value || typeof value !== "object") return;
+  if (Array.isArray(value)) {
+    value.forEach((x, i) => checkNested(x, [...keys, i], registry, report, depth + 1));
+    return;
+  }
+  const o = value as Record<string, unknown>;
+  const def = typeof o.use === "string" ? registry.get(o.use) : undefined;
+  if (def && (o.with === undefined || (o.with !== null && typeof o.with === "object" && !Array.isArray(o.with)))) {
+    const r = v.safeParse(def.options, o.with ?? {}, { abortEarly: false });
+    if (!r.success) for (const iss of r.issues) report(iss, [...keys, "with"], def.options);
+  }
+  for (const [k, x] of Object.entries(o)) checkNested(x, [...keys, k], registry, report, depth + 1);
 }
 
 /** A cycle of stages through in/out (each consumes what the next-to-last produced), or undefined. */
