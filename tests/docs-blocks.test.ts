@@ -23,7 +23,7 @@
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { copyFile, mkdir, readFile, symlink, writeFile } from "node:fs/promises";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { dataDir, repoRoot, tempDir } from "./support/paths.ts";
 import { freePort } from "./support/ports.ts";
@@ -210,7 +210,13 @@ const shared: { serve?: ServeProcess } = {};
 const background: { stop(): Promise<number> }[] = [];
 let tmp: { path: string; remove(): Promise<void> };
 
+/** Stream sets the blocks' runtime changes leave in out/ (e.g. docs/retail.md adds a camera): removed after, so later runs get their file's cameras. */
+const outDir = join(repoRoot, "out");
+const streamSets = () => (existsSync(outDir) ? readdirSync(outDir).filter((f) => f.endsWith(".streams.json")) : []);
+let streamSetsBefore: string[] = [];
+
 beforeAll(async () => {
+  streamSetsBefore = streamSets();
   tmp = await tempDir("framewire-docs-blocks-");
   rtsp = await startRtspServer(join(repoRoot, "pipelines/media/vtest.mp4"));
 });
@@ -220,6 +226,7 @@ afterAll(async () => {
   await stopAllRtspServers();
   await disposeAllNatsServers();
   await tmp?.remove();
+  for (const f of streamSets()) if (!streamSetsBefore.includes(f)) rmSync(join(outDir, f), { force: true });
 });
 
 /** A runner per block, keyed by file and the block's first line. */

@@ -32,6 +32,8 @@ async function retail(dir: string, env: Record<string, string>): Promise<Pipelin
     if (s.def.name === "sink-jsonl") o.path = join(dir, "retail.jsonl");
     if (s.def.name === "zones") o.state = join(dir, "counts.json");
     if (s.def.name === "sink-snapshot") o.dir = join(dir, "snapshots");
+    // A stream set changed at runtime by an earlier run in out/ must not replace CAMERAS here.
+    if (s.def.name === "ingest") o.state = join(dir, "streams.json");
   }
   return spec;
 }
@@ -45,7 +47,7 @@ async function run(spec: PipelineSpec, bus: Bus, frames: number): Promise<Captur
   return log;
 }
 
-type Line = { seq: number; type?: string; line?: string; zone?: string; trackId?: number };
+type Line = { stream: string; seq: number; type?: string; line?: string; zone?: string; trackId?: number };
 const results = (dir: string): Line[] => readFileSync(join(dir, "retail.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
 
 test("on the memory bus: JSONL and a snapshot per crossing/entry/exit; the NATS sink says it is idle", async () => {
@@ -58,7 +60,7 @@ test("on the memory bus: JSONL and a snapshot per crossing/entry/exit; the NATS 
   const events = results(dir).filter((l) => l.type);
   const shots = events.filter((e) => ["cross", "enter", "exit"].includes(e.type!));
   expect(shots.length).toBeGreaterThan(0);
-  const names = shots.map((e) => `cam-${String(e.seq).padStart(6, "0")}-${e.type}-${e.line ?? e.zone}-${e.trackId}.jpg`);
+  const names = shots.map((e) => `${e.stream}-${String(e.seq).padStart(6, "0")}-${e.type}-${e.line ?? e.zone}-${e.trackId}.jpg`);
   expect(readdirSync(join(dir, "snapshots")).sort()).toEqual(names.sort());
   const jpg = readFileSync(join(dir, "snapshots", names[0]));
   expect([jpg[0], jpg[1], jpg[2]]).toEqual([0xff, 0xd8, 0xff]);
