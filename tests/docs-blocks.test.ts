@@ -299,7 +299,7 @@ const runners: { file: string; first: string; run: (b: ShellBlock) => Promise<vo
   },
   {
     file: "docs/distributed.md",
-    first: "nats-server -c pipelines/nats/local.conf             # max_payload 8MB (a 640x640 tensor is 4.9 MB)",
+    first: "nats-server -c pipelines/nats/local.conf             # max_payload 8MB (a 640x640 uint8 tensor is 1.2 MB)",
     // local.conf as shipped on a free port with its store in a temp folder; 5 frames, not 300.
     run: async (b) => {
       const port = await freePort();
