@@ -56,6 +56,9 @@ stages:
     exec.stop("test done");
     await exec.done;
     await bus.close();
+    // The restarted server is this test's: stopped here, not left to the next test's `server =`.
+    await server?.stop();
+    server = undefined;
   }
 });
 
