@@ -203,6 +203,14 @@ const FOLLOW_DECODE = { conf: 0.25, iou: 0.45 } as const;
  * running one (file watch or HTTP control) and take over between frames,
  * directly or as a canary.
  */
+/**
+ * Frames handed to the inference thread at once without batching: while one
+ * runs, the next is already waiting in the thread's queue (it runs them one
+ * at a time), so the thread never idles while the JavaScript thread finishes
+ * the last frame and prepares the next. Outputs leave in arrival order.
+ */
+const IN_FLIGHT = 2;
+
 export default defineOperator({
   name: "infer-onnx",
   kind: "transform",
@@ -392,7 +400,7 @@ export default defineOperator({
     }
 
     return {
-      ...(maxBatch > 1 ? { concurrency: maxBatch } : {}),
+      concurrency: maxBatch > 1 ? maxBatch : IN_FLIGHT,
       models: life as ModelLifecycle<unknown>,
       metrics: () => [...life.metrics(), ...batchMetrics()],
       async process(msg) {
