@@ -24,6 +24,7 @@ import { pixelTensor } from "../runtime/inference/pixel-tensor.ts";
 import { startNatsServer, type NatsServer } from "../tests/support/nats.ts";
 import { startProcess, type Child } from "../tests/support/process.ts";
 import { fmt, markdownTable } from "./table.ts";
+import { KEEP_PAGES } from "./core.ts";
 
 const CLIP = join(projectRoot, "pipelines/media/vtest.mp4");
 const quiet = createLogger("bench", 99);
@@ -213,7 +214,13 @@ stages:
   - { id: out, use: sink-jsonl, with: { path: "${join(dir, `w${workers}.jsonl`)}" }, placement: edge }
 `,
   );
-  const cli = (args: string[]): Child => startProcess(["bun", join(projectRoot, "runtime/cli.ts"), "run", file, "--nats", server.url, ...args], { env: { FRAMEWIRE_LOG: "info" } });
+  const cli = (args: string[]): Child => startProcess(["bun", join(projectRoot, "runtime/cli.ts"), "run", file, "--nats", server.url, ...args], { env: { FRAMEWIRE_LOG: "info", ...KEEP_PAGES } });
+  if (workers === 0) {
+    // The same stages in one process on the memory bus (no --nats), for the split's ratio.
+    const one = startProcess(["bun", join(projectRoot, "runtime/cli.ts"), "run", file, "--frames", String(frames), "--json"], { env: { FRAMEWIRE_LOG: "info", ...KEEP_PAGES } });
+    if ((await one.exited) !== 0) throw new Error(`single process failed:\n${one.stderr()}`);
+    return JSON.parse(one.stdout().trim().split("\n").at(-1)!).fps;
+  }
   const ws = Array.from({ length: workers }, (_, i) => cli(["--placement", "cloud", "--worker-id", `w${i}`]));
   await Promise.all(ws.map((w) => w.waitFor(/active/, 30_000)));
   const edge = cli(["--placement", "edge", "--frames", String(frames), "--json"]);
@@ -228,19 +235,23 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 async function workersSection(server: NatsServer, frames = 40, rounds = 3): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), "framewire-bench-nats-"));
   try {
+    const singles: number[] = [];
     const ones: number[] = [];
     const twos: number[] = [];
     for (let r = 0; r < rounds; r++) {
+      singles.push(await workersRun(server, dir, 0, frames));
       ones.push(await workersRun(server, dir, 1, frames));
       twos.push(await workersRun(server, dir, 2, frames));
     }
-    const [one, two] = [median(ones), median(twos)];
+    const [single, one, two] = [median(singles), median(ones), median(twos)];
     return markdownTable(
       [`inference workers (yolov5n, 1 onnxruntime thread each, separate processes; ${frames} frames, median of ${rounds})`, "frames/s"],
       [
-        ["1 worker", fmt(one)],
-        ["2 workers", fmt(two)],
-        ["**2 / 1**", `**${fmt(two / one, 2)}×**`],
+        ["one process, no NATS (the same stages on the memory bus)", fmt(single)],
+        ["split: edge process (ingest, resize, sink) + 1 worker process (detect, nms)", fmt(one)],
+        ["**split / one process**", `**${fmt(one / single, 2)}×** (target ≥ 0.9)`],
+        ["split with 2 workers", fmt(two)],
+        ["**2 / 1 workers**", `**${fmt(two / one, 2)}×**`],
       ],
     );
   } finally {
