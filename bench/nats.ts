@@ -118,7 +118,7 @@ async function hopSection(server: NatsServer, n = 100): Promise<string> {
       row("bare nats.js publish → subscribe, same bytes (the client's floor)", bare, bytes.length),
       row("NATS, raw pixels", raw, raw.bytes),
       row("NATS, JPEG q85 (encode + decode included)", jpeg, jpeg.bytes),
-      row("NATS, raw pixels + 640x640 float32 tensor (a prep → detect link)", tensor, tensor.bytes),
+      row("NATS, raw pixels + 640x640 uint8 tensor (a prep → detect link)", tensor, tensor.bytes),
     ],
   ) +
     `\n\nTarget: NATS adds < 2 ms p50 on loopback for the raw frame: **${raw.p50 - mem.p50 < 2 ? "met" : "missed"}** (+${fmt(raw.p50 - mem.p50, 2)} ms; ` +
