@@ -201,7 +201,7 @@ export async function benchCore(n = 200, rounds = 3): Promise<string> {
   const summary = markdownTable(
     ["measure", "value"],
     [
-      [`ffmpeg decode (${CLIP_NAME} → rgb24, ${describeFfmpeg()})`, `${fmt(dec.fps)} fps`],
+      [`ffmpeg decode (${CLIP_NAME} → rgb24, ${ffmpegName()})`, `${fmt(dec.fps)} fps`],
       [`bare onnxruntime-node loop (yolov5n fp32, 640, tensors made beforehand, onnxruntime defaults; median of ${rounds})`, `${fmt(bare)} fps`],
       peer
         ? [`Python loop (bench/peer_loop.py: OpenCV ${peer.versions.opencv} decode + letterbox, onnxruntime ${peer.versions.onnxruntime} defaults, NMS; ${peer.frames} frames; median of ${rounds})`, `${fmt(peer.fps)} fps`]
@@ -333,6 +333,9 @@ async function stageProfile(n: number): Promise<StageProfile> {
   return { frames: frames - warmUp, cpu, kernelShare: (end.sys - start.sys) / Math.max(1, end.all - start.all), threads: defaultThreads() };
 }
 
+/** describeFfmpeg with paths inside the project relative to it: bench output goes into docs. */
+const ffmpegName = (...a: Parameters<typeof describeFfmpeg>) => describeFfmpeg(...a).replaceAll(`${projectRoot}/`, "");
+
 /**
  * The allocator setting `bun run pipeline` and `bun run serve` start with
  * (package.json): Bun's mimalloc keeps freed pages for a second instead of
@@ -430,7 +433,7 @@ export async function benchProfile(n = 200): Promise<string> {
   const plain = await stageProfileChild(n);
   const kept = await stageProfileChild(n, KEEP_PAGES);
   const total = (p: StageProfile) => STAGES.reduce((a, s) => a + p.cpu[s].js + p.cpu[s].worker + p.cpu[s].runtime, 0) + ffMs;
-  const rows: (string | number)[][] = [["ffmpeg", `decode H.264, rgb24 PPM to a pipe (child process; ${describeFfmpeg(ff)})`, "-", "-", "-", fmt(ffMs, 2), fmt(ffMs, 2)]];
+  const rows: (string | number)[][] = [["ffmpeg", `decode H.264, rgb24 PPM to a pipe (child process; ${ffmpegName(ff)})`, "-", "-", "-", fmt(ffMs, 2), fmt(ffMs, 2)]];
   for (const s of STAGES) {
     const c = kept.cpu[s];
     const k = plain.cpu[s];
@@ -458,7 +461,7 @@ export async function benchProfile(n = 200): Promise<string> {
       return [c.label, fmt(m.fps), rs.map((x) => fmt(x.fps)).join(", "), p50("detect"), p50("prep"), fmt(m.maxRssMiB, 0)];
     }),
   );
-  const shippedNote = ffShippedMs === undefined ? "" : ` The shipped ffmpeg (${describeFfmpeg(shipped!)}) takes ${fmt(ffShippedMs, 2)} ms for the same work.`;
+  const shippedNote = ffShippedMs === undefined ? "" : ` The shipped ffmpeg (${ffmpegName(shipped!)}) takes ${fmt(ffShippedMs, 2)} ms for the same work.`;
   return (
     `## CPU per frame, stage by stage\n\nLoad average before ${loadBefore}, after ${loadAverage()} (2 cores). ${plain.frames} frames of ${CLIP_NAME} streamed through the stages one at a time in one process ` +
     `(after 10 warm-up frames), ${plain.threads} intra-op thread(s); ms of CPU per frame by thread (Linux schedstat). Kernel time was ${fmt(kept.kernelShare * 100, 0)}% of all CPU ${SHIPPED} ` +
