@@ -7,6 +7,7 @@
  *   envelope is rebuilt here, float32 tensor computed from the bytes as a
  *   v1 sender did, and read back as a v1 reader did);
  * - v2 raw: image + uint8 tensor (a resize → infer link);
+ * - v2 after infer-onnx: image + tensor + candidate anchors (an infer → nms link);
  * - v2 after nms: image + detections (an nms → sink link);
  * - v2 JPEG q85 of the camera frame (a cam → resize link), sharp vs jpeg-js;
  * - v2 H.264 access units as `ingest` with `decode: false` relays them.
@@ -155,12 +156,21 @@ export async function benchWire(n = 20): Promise<string> {
   const infer = await operator<TransformInstance>("infer-onnx", { model: "yolov5n.onnx", threads: 1 });
   const nms = await operator<TransformInstance>("nms", {});
   const prepared = await step(prep, camera);
-  const detected = await step(nms, await step(infer, prepared));
+  // infer-onnx hands on only the anchors that can reach its minScore (0.001): what crosses an infer → nms link.
+  const inferred = await step(infer, prepared);
+  const detected = await step(nms, inferred);
+  const kept = inferred.predictions!.dims[1];
   await infer.close?.();
   const codec = await wireJpegCodec();
   const kinds: Kind[] = [
     { what: "v1 raw, before inference (image + float32 tensor)", frames: [prepared], encode: encodeV1, decode: decodeV1, v1: true },
     { what: "v2 raw, before inference (image + uint8 tensor)", frames: [prepared], encode: (f) => encodeMessageAsync(f), decode: decodeMessageAsync },
+    {
+      what: `v2 after infer-onnx (image + tensor + ${kept} of 25200 anchors, minScore 0.001)`,
+      frames: [inferred],
+      encode: (f) => encodeMessageAsync(f),
+      decode: decodeMessageAsync,
+    },
     { what: `v2 after nms (image + ${detected.detections!.length} detections)`, frames: [derive(detected, {})], encode: (f) => encodeMessageAsync(f), decode: decodeMessageAsync },
     {
       what: `v2 JPEG q85 of the camera frame, ${codec}`,
@@ -200,6 +210,7 @@ export async function benchWire(n = 20): Promise<string> {
     `## wire format (768×576 frame of the sample clip, 640×640 model input; ${n} rounds, p50)\n\n` +
     markdownTable(["frame on the wire", "MB", "encode + decode ms", `10 fps cameras on 1 Gbit/s`, "NATS hop p50 ms"], rows) +
     `\n\nv1 before inference was image + 4·3·640·640 = ${fmt(v1 / 1e6, 2)} MB of blobs; v2 sends ${fmt((camera.image.data.length + 3 * 640 * 640) / 1e6, 2)} MB ` +
-    `(**${fmt(v1 / (camera.image.data.length + 3 * 640 * 640), 2)}×** less), ${fmt(camera.image.data.length / 1e6, 2)} MB after nms.\n`
+    `(**${fmt(v1 / (camera.image.data.length + 3 * 640 * 640), 2)}×** less), ${fmt(camera.image.data.length / 1e6, 2)} MB after nms. ` +
+    `Between infer-onnx and nms the whole YOLO output would add ${fmt((25200 * 85 * 4) / 1e6, 2)} MB (over the shipped 8 MB max_payload); its ${kept} candidate anchors add ${fmt((kept * 85 * 4) / 1e6, 3)} MB.\n`
   );
 }

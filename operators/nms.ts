@@ -38,15 +38,23 @@ export default defineOperator({
   kind: "transform",
   description: "Decode YOLO predictions: confidence and class filters, non-maximum suppression, boxes in source-image pixels.",
   options: Options,
-  create(o: Options) {
+  create(o: Options, ctx) {
     let allowed: Set<number> | undefined;
     let namesSeen: string[] | undefined;
+    let warnedFloor = false;
     return {
       process(msg) {
         if (msg.kind !== "frame") return msg;
         const f: Frame = msg;
         const p = f.predictions;
         if (!p || !f.tensor) throw new Error("frame has no predictions: put an infer stage before nms");
+        if (p.minScore !== undefined && o.conf < p.minScore && !warnedFloor) {
+          warnedFloor = true;
+          ctx.log.warn(
+            `conf ${o.conf} is below the ${p.minScore} under which ${p.model}'s infer stage keeps no anchors (its minScore): ` +
+              `detections scoring between the two are not found; set the infer stage's minScore to ${o.conf} or lower`,
+          );
+        }
         if (o.classes && namesSeen !== p.classNames) {
           allowed = classIds(o.classes, p.classNames);
           namesSeen = p.classNames;

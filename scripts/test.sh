@@ -9,6 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test || { echo "0 passed, 1 failed"; exit 1; }
 mkdir -p .tmp
+rm -f .tmp/test-output.txt .tmp/test-output-deno.txt
 
 bun test --timeout 60000 "$@" 2>&1 | tee .tmp/test-output.txt
 bun_status=${PIPESTATUS[0]}
@@ -42,6 +43,13 @@ if [ ${#deno_files[@]} -gt 0 ]; then
 fi
 
 echo
+# The failed tests by name, so that the tail of a long log says what failed.
+if [ "$bun_failed" -ne 0 ] || [ "$deno_failed" -ne 0 ]; then
+  echo "failed:"
+  grep -E '^\(fail\) ' .tmp/test-output.txt | sed 's/^/  bun  /' | sort -u
+  [ -f .tmp/test-output-deno.txt ] && grep -E ' => \./.*:[0-9]+:[0-9]+$' .tmp/test-output-deno.txt | sed 's/^/  deno /' | sort -u
+  [ "$bun_status" -ne 0 ] && ! grep -qE '^\(fail\) ' .tmp/test-output.txt && echo "  bun exited with status $bun_status before or after its tests (see the log above)"
+fi
 echo "bun:  ${bun_passed} passed, ${bun_failed} failed"
 echo "deno: ${deno_passed} passed, ${deno_failed} failed"
 echo "$((bun_passed + deno_passed)) passed, $((bun_failed + deno_failed)) failed"

@@ -73,7 +73,7 @@ function framewire(args: string[], env: Record<string, string> = {}): Child {
 
 function startWorker(name: string, cache = join(dir.path, `cache-${name}`)) {
   const log = join(dir.path, `${name}-inference.jsonl`);
-  // nms with detect: the raw predictions (25200×85 floats) would exceed max_payload on the wire.
+  // nms with detect, as the docs suggest: one hop fewer per frame.
   const child = framewire(["run", file, "--nats", server.url, "--stages", "detect,nms", "--json"], { CACHE: cache, LOG: log });
   const w = { child, log, cache };
   workers.push(w);

@@ -216,10 +216,16 @@ describe("a JPEG blob's own header, before decoding", () => {
 });
 
 describe("dims bounded by the bytes received", () => {
-  test("the issue's predictions dims [1,1e15,0] (product 0, empty blob) are refused", () => {
+  test("the issue's predictions dims [1,1e15,0] (product 0, empty blob) are refused; so is [1,0,1e15]", () => {
     const bytes = predictionsFrame(1, [1, 1e15, 0], 0, "yolov5", null);
     expect(bytes.length).toBeLessThan(450);
-    expect(refusal(bytes).message).toContain("predictions.dims.2");
+    // Zero anchors is a real output (infer-onnx kept no candidate), zero values per anchor is not.
+    expect(refusal(bytes).message).toBe("predictions dims [1,1000000000000000,0]: a yolov5 row needs 5 + at least 1 class values");
+    const wide = refusal(predictionsFrame(1, [1, 0, 1e15], 0, "yolov5", null));
+    expect(wide).toBeInstanceOf(WireLimitError);
+    expect(wide.message).toContain("values per anchor, more than the 4096 the wire accepts");
+    const none = decodeMessage(predictionsFrame(1, [1, 0, 85], 0, "yolov5", null)) as Frame;
+    expect(none.predictions!.dims).toEqual([1, 0, 85]);
   });
 
   test("dims larger than their blob, zero dims, shapes no YOLO head has are refused", () => {
@@ -308,5 +314,5 @@ describe("500 hostile messages through NATS", () => {
 });
 
 test("the limits are what docs/wire-format.md states", () => {
-  expect(WIRE_LIMITS).toEqual({ maxSide: 16384, maxJpegPixels: 33_177_600, maxJpegRatio: 1024, maxPacketBytes: 8_388_608, maxDims: 8 });
+  expect(WIRE_LIMITS).toEqual({ maxSide: 16384, maxJpegPixels: 33_177_600, maxJpegRatio: 1024, maxPacketBytes: 8_388_608, maxDims: 8, maxYoloValues: 4096 });
 });

@@ -74,6 +74,12 @@ export const WIRE_LIMITS = {
   maxPacketBytes: 8 * 1024 * 1024,
   /** Dimensions of a tensor or predictions. */
   maxDims: 8,
+  /**
+   * Values per anchor of predictions (4 box values, objectness for YOLOv5,
+   * a score per class): bounds an axis an empty blob cannot (no anchor kept).
+   * LVIS's 1 203 classes fit.
+   */
+  maxYoloValues: 4096,
 } as const;
 
 const Letterbox = v.strictObject({
@@ -106,6 +112,8 @@ const VideoSchema = v.strictObject({ codec: v.picklist(["h264", "hevc"]), pts: F
 const MetaSchema = v.looseObject({ tracks: v.optional(v.array(TrackSchema)), video: v.optional(VideoSchema) });
 /** Every dimension at least 1: a zero would let dims of any size claim an empty blob. */
 const Dims = v.pipe(v.array(v.pipe(v.number(), v.integer(), v.minValue(1))), v.minLength(1), v.maxLength(WIRE_LIMITS.maxDims));
+/** Predictions may hold no anchor at all (infer-onnx's minScore keeps only candidates); checkYolo checks the rest. */
+const PredictionDims = v.pipe(v.array(v.pipe(v.number(), v.integer(), v.minValue(0))), v.minLength(1), v.maxLength(WIRE_LIMITS.maxDims));
 
 const PIXEL_FORMATS = ["rgb24", "bgr24", "jpeg", "h264", "hevc"] as const;
 const isPacket = (format: string): format is "h264" | "hevc" => format === "h264" || format === "hevc";
@@ -128,10 +136,11 @@ const FrameMeta = v.strictObject({
   predictions: v.optional(
     v.strictObject({
       layout: v.picklist(["yolov5", "yolov8"]),
-      dims: Dims,
+      dims: PredictionDims,
       dtype: v.literal("float32"),
       classNames: v.array(v.string()),
       model: v.string(),
+      minScore: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(1))),
     }),
   ),
   detections: v.optional(v.array(DetectionSchema)),
@@ -291,7 +300,16 @@ function assemble(f: Frame, image: Uint8Array, jpeg: boolean): Uint8Array {
       image: { width: f.image.width, height: f.image.height, format: f.image.format, ...(jpeg ? { encoding: "jpeg" } : {}) },
       ...(f.tensor ? { tensor: { dims: f.tensor.dims, dtype: "uint8", letterbox: f.tensor.letterbox } } : {}),
       ...(f.predictions
-        ? { predictions: { layout: f.predictions.layout, dims: f.predictions.dims, dtype: "float32", classNames: f.predictions.classNames, model: f.predictions.model } }
+        ? {
+            predictions: {
+              layout: f.predictions.layout,
+              dims: f.predictions.dims,
+              dtype: "float32",
+              classNames: f.predictions.classNames,
+              model: f.predictions.model,
+              ...(f.predictions.minScore !== undefined ? { minScore: f.predictions.minScore } : {}),
+            },
+          }
         : {}),
       ...(f.detections ? { detections: f.detections } : {}),
       ...(f.meta ? { meta: f.meta } : {}),
@@ -419,7 +437,16 @@ function build(p: Parsed, image: Uint8Array): Frame {
     // The same lazy tensor `resize` makes: inference copies the bytes and normalises in its own thread.
     ...(m.tensor && p.tensor ? { tensor: byteTensor(m.tensor.dims, p.tensor, m.tensor.letterbox) } : {}),
     ...(m.predictions && p.predictions
-      ? { predictions: { layout: m.predictions.layout, dims: m.predictions.dims, data: p.predictions, classNames: m.predictions.classNames, model: m.predictions.model } }
+      ? {
+          predictions: {
+            layout: m.predictions.layout,
+            dims: m.predictions.dims,
+            data: p.predictions,
+            classNames: m.predictions.classNames,
+            model: m.predictions.model,
+            ...(m.predictions.minScore !== undefined ? { minScore: m.predictions.minScore } : {}),
+          },
+        }
       : {}),
     ...(m.detections ? { detections: m.detections } : {}),
     ...(m.meta ? { meta: m.meta } : {}),
@@ -454,6 +481,11 @@ function checkJpeg(blob: Uint8Array, width: number, height: number): void {
 function checkYolo(layout: "yolov5" | "yolov8", dims: number[]): void {
   const shape = `[${dims.join(",")}]`;
   if (dims.length !== 3 || dims[0] !== 1) throw new WireFormatError(`predictions dims ${shape} are not a YOLO output (expected 1×N×(5+C) or 1×(4+C)×N)`);
+  // The anchor axis may be 0 (no candidate kept); the values per anchor are bounded on their own, as an empty blob bounds nothing.
+  const values = dims[layout === "yolov5" ? 2 : 1];
+  if (values > WIRE_LIMITS.maxYoloValues) {
+    throw new WireLimitError(`predictions dims ${shape}: ${values} values per anchor, more than the ${WIRE_LIMITS.maxYoloValues} the wire accepts`);
+  }
   if (layout === "yolov5" && dims[2] < 6) throw new WireFormatError(`predictions dims ${shape}: a yolov5 row needs 5 + at least 1 class values`);
   if (layout === "yolov8" && dims[1] < 5) throw new WireFormatError(`predictions dims ${shape}: a yolov8 column needs 4 + at least 1 class values`);
 }

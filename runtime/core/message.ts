@@ -45,6 +45,12 @@ export interface Predictions {
   data: Float32Array;
   classNames: string[];
   model: string;
+  /**
+   * Anchors that could not reach this score were left out before the
+   * predictions were made (infer-onnx's `minScore`): decoding at a lower
+   * confidence finds nothing more.
+   */
+  minScore?: number;
 }
 
 export interface Detection {

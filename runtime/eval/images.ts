@@ -53,7 +53,8 @@ export async function createImageDetector(reg: Registry, o: DetectorOptions, log
   const infer = definition(reg, "infer-onnx", "transform");
   const nms = definition(reg, "nms", "transform");
   const resizeOptions = validate(resize, { width: o.size, height: o.size, mode: "letterbox" }, { width: "--size", height: "--size" });
-  const inferOptions = validate(infer, { model: o.model }, { model: "--model" });
+  // Candidates down to the evaluated confidence leave the inference thread, so the scores are exactly the whole output's.
+  const inferOptions = validate(infer, { model: o.model, minScore: o.conf }, { model: "--model", minScore: "--conf" });
   const nmsOptions = validate(nms, { conf: o.conf, iou: o.iou, maxDetections: VAL_MAX_DETECTIONS }, { conf: "--conf", iou: "--iou" });
 
   const abort = new AbortController();

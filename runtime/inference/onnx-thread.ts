@@ -1,15 +1,19 @@
 import { ConfigError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { ModelOptions } from "./onnx-model.ts";
-import type { FromWorker, ModelInfo, ModelInput, ToWorker } from "./onnx-worker.ts";
+import type { FromWorker, KeepOptions, ModelInfo, ModelInput, ToWorker } from "./onnx-worker.ts";
 
-export type { ModelInfo, ModelInput };
+export type { KeepOptions, ModelInfo, ModelInput };
 
 /** What a run resolves with: the output, and the input handed back. */
 export interface RunResult<I extends ModelInput = ModelInput> {
+  /** The output, or with `keep` the kept anchors of each image back to back (`kept.counts`). */
   data: Float32Array;
+  /** The whole output's dims (also with `keep`). */
   dims: number[];
   input: I;
+  /** With `keep`: the layout the output was read in and how many anchors each image kept. */
+  kept?: { layout: "yolov5" | "yolov8"; counts: number[] };
 }
 
 /**
@@ -87,15 +91,18 @@ export class OnnxThread {
    * a quarter of the bytes cross). With `lend`, the input's memory moves to
    * the thread and comes back as `input` (no copy either way; until then the
    * caller's array is empty); otherwise, or when the input is a view into a
-   * larger buffer, it is copied.
+   * larger buffer, it is copied. With `keep`, the output is a YOLO head's and
+   * only its candidate anchors come back (keepCandidates in yolo.ts): the
+   * thread reads the whole output, the caller a small part of it.
    */
-  run<I extends ModelInput>(input: I, dims: readonly number[], lend = false): Promise<RunResult<I>> {
+  run<I extends ModelInput>(input: I, dims: readonly number[], lend = false, keep?: KeepOptions): Promise<RunResult<I>> {
     if (this.gone) return Promise.reject(this.gone);
     const id = this.nextId++;
     const whole = lend && input.byteOffset === 0 && input.byteLength === input.buffer.byteLength && input.buffer instanceof ArrayBuffer;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (r: RunResult) => void, reject });
-      this.worker.postMessage({ type: "run", id, input: whole ? input : input.slice(), dims: [...dims] } satisfies ToWorker, whole ? [input.buffer] : []);
+      const msg: ToWorker = { type: "run", id, input: whole ? input : input.slice(), dims: [...dims], ...(keep ? { keep } : {}) };
+      this.worker.postMessage(msg, whole ? [input.buffer] : []);
     });
   }
 
@@ -111,7 +118,7 @@ export class OnnxThread {
     if (!p) return;
     this.pending.delete(m.id!);
     if (m.type === "result") {
-      p.resolve({ data: m.data, dims: m.dims, input: m.input });
+      p.resolve({ data: m.data, dims: m.dims, input: m.input, ...(m.kept ? { kept: m.kept } : {}) });
       noteReceived(m.data.byteLength);
     }
     else p.reject(Object.assign(new Error(m.message), { input: m.input }));
