@@ -200,18 +200,34 @@ async function routingSection(server: NatsServer, frames = 150, ms = 10): Promis
   ) + `\n\nleast-loaded / queue: **${fmt(ll.fps / queue.fps, 2)}×** throughput (target ≥ 1.5), p99 ${fmt(ll.p99)} vs ${fmt(queue.p99)} ms (target lower).`;
 }
 
-/** `bun run pipeline` processes: an edge process (ingest, resize, sink) and `workers` inference processes. */
-async function workersRun(server: NatsServer, dir: string, workers: number, frames: number): Promise<number> {
-  const file = join(dir, `w${workers}.yaml`);
+/**
+ * `bun run pipeline` processes: an edge process (ingest, resize, sink) and
+ * `workers` inference processes; with `relay`, the edge relays the clip's
+ * H.264 undecoded (ingest `decode: false`) and sinks the results, the worker
+ * decodes, resizes and detects (docs/relay.md).
+ */
+async function workersRun(server: NatsServer, dir: string, workers: number, frames: number, relay = false): Promise<number> {
+  const file = join(dir, `w${workers}${relay ? "-relay" : ""}.yaml`);
+  const out = `  - { id: out, use: sink-jsonl, with: { path: "${join(dir, `w${workers}.jsonl`)}" }, placement: edge }`;
   writeFileSync(
     file,
-    `name: bench-w${workers}
+    relay
+      ? `name: bench-relay-w${workers}
+stages:
+  - { id: cam, use: ingest, with: { url: "${CLIP}", decode: false }, placement: edge }
+  - { id: dec, use: decode, placement: cloud }
+  - { id: prep, use: resize, with: { width: 640, height: 640 }, placement: cloud }
+  - { id: detect, use: infer-onnx, with: { model: yolov5n.onnx, threads: 1 }, placement: cloud }
+  - { id: nms, use: nms, placement: cloud }
+${out}
+`
+      : `name: bench-w${workers}
 stages:
   - { id: cam, use: ingest, with: { url: "${CLIP}" }, placement: edge }
   - { id: prep, use: resize, with: { width: 640, height: 640 }, placement: edge }
   - { id: detect, use: infer-onnx, with: { model: yolov5n.onnx, threads: 1 }, route: least-loaded, placement: cloud }
   - { id: nms, use: nms, placement: cloud }
-  - { id: out, use: sink-jsonl, with: { path: "${join(dir, `w${workers}.jsonl`)}" }, placement: edge }
+${out}
 `,
   );
   const cli = (args: string[]): Child => startProcess(["bun", join(projectRoot, "runtime/cli.ts"), "run", file, "--nats", server.url, ...args], { env: { FRAMEWIRE_LOG: "info", ...KEEP_PAGES } });
@@ -232,24 +248,28 @@ stages:
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Alternating rounds, medians compared: load from elsewhere on the machine hits both sides alike. */
-async function workersSection(server: NatsServer, frames = 40, rounds = 3): Promise<string> {
+async function workersSection(server: NatsServer, frames = 100, rounds = 3): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), "framewire-bench-nats-"));
   try {
     const singles: number[] = [];
     const ones: number[] = [];
     const twos: number[] = [];
+    const relays: number[] = [];
     for (let r = 0; r < rounds; r++) {
       singles.push(await workersRun(server, dir, 0, frames));
       ones.push(await workersRun(server, dir, 1, frames));
       twos.push(await workersRun(server, dir, 2, frames));
+      relays.push(await workersRun(server, dir, 1, frames, true));
     }
-    const [single, one, two] = [median(singles), median(ones), median(twos)];
+    const [single, one, two, relay] = [median(singles), median(ones), median(twos), median(relays)];
     return markdownTable(
       [`inference workers (yolov5n, 1 onnxruntime thread each, separate processes; ${frames} frames, median of ${rounds})`, "frames/s"],
       [
         ["one process, no NATS (the same stages on the memory bus)", fmt(single)],
         ["split: edge process (ingest, resize, sink) + 1 worker process (detect, nms)", fmt(one)],
         ["**split / one process**", `**${fmt(one / single, 2)}×** (target ≥ 0.9)`],
+        ["relay split: edge process (ingest `decode: false`, sink) + 1 worker process (decode, resize, detect, nms)", fmt(relay)],
+        ["**relay split / one process**", `**${fmt(relay / single, 2)}×** (target ≥ 0.9)`],
         ["split with 2 workers", fmt(two)],
         ["**2 / 1 workers**", `**${fmt(two / one, 2)}×**`],
       ],
