@@ -32,7 +32,7 @@ export const Advert = v.object({
   worker: v.string(),
   stage: v.string(),
   placement: v.string(),
-  /** Messages the worker takes at once (inbox + replicas); 0 while it shuts down. */
+  /** Messages the worker takes at once (inbox + what it processes at once); 0 while it shuts down. */
   capacity: v.pipe(v.number(), v.minValue(0)),
   /** Messages it processes at the same time. */
   replicas: v.optional(v.pipe(v.number(), v.minValue(1))),

@@ -24,6 +24,11 @@ interface RunningStage {
   send: (msg: Message) => Promise<void>;
 }
 
+/** Messages a stage processes at once: its replicas, or a transform's own concurrency (infer-onnx keeps two frames in flight). */
+function parallelOf(st: RunningStage): number {
+  return Math.max(st.spec.replicas, st.spec.def.kind === "transform" ? ((st.instance as TransformInstance).concurrency ?? 1) : 1);
+}
+
 /**
  * host-pid-random: unique even where every process is pid 1 (containers), and
  * one NATS subject token (no dots or wildcards).
@@ -299,7 +304,7 @@ export class Executor {
       }
     }
     // Replicas (and a transform's own concurrency) finish out of order; their outputs are put back in arrival order (bounded window).
-    const workers = Math.max(st.spec.replicas, st.spec.def.kind === "transform" ? ((st.instance as TransformInstance).concurrency ?? 1) : 1);
+    const workers = parallelOf(st);
     const order = workers > 1 && st.spec.def.kind === "transform" ? new Reorder<Message>(REORDER_WINDOW_PER_REPLICA * workers, (m) =>
             st.send(m).then(() => void st.stats.sent++, (err: Error) => {
               st.stats.failed++;
@@ -445,8 +450,9 @@ export class Executor {
           worker: this.workerId,
           stage: st.spec.id,
           placement: this.opts.placement ?? st.spec.placement,
-          capacity: this.accepting.has(st.spec.id) ? st.spec.inboxSize + st.spec.replicas : 0,
-          replicas: st.spec.replicas,
+          // What it processes at once counts, not only its replicas: a sender keeping fewer in flight leaves infer-onnx's second slot idle.
+          capacity: this.accepting.has(st.spec.id) ? st.spec.inboxSize + parallelOf(st) : 0,
+          replicas: parallelOf(st),
           inflight: (st.inbox?.size ?? 0) + st.busy,
           latencyMs: st.stats.latency.count ? st.stats.latency.mean : 0,
           cpu,
