@@ -334,7 +334,7 @@ async function stageProfile(n: number): Promise<StageProfile> {
 }
 
 /** describeFfmpeg with paths inside the project relative to it: bench output goes into docs. */
-const ffmpegName = (...a: Parameters<typeof describeFfmpeg>) => describeFfmpeg(...a).replaceAll(`${projectRoot}/`, "");
+const ffmpegName = (...a: Parameters<typeof describeFfmpeg>) => describeFfmpeg(...a).replaceAll(projectRoot.replace(/\/?$/, "/"), "");
 
 /**
  * The allocator setting `bun run pipeline` and `bun run serve` start with
@@ -359,8 +359,8 @@ async function stageProfileChild(n: number, env: Record<string, string> = {}): P
 const WHAT: Record<(typeof STAGES)[number], string> = {
   ingest: "read ffmpeg's pipe, split PPM frames, one new image buffer a frame",
   resize: "letterbox 480x360 → 640x640 into uint8 CHW (WebAssembly SIMD), one new tensor buffer a frame",
-  "infer-onnx": "copy the bytes to the inference thread, /255 there, onnxruntime, its output copied to a new 8.6 MB buffer",
-  nms: "decode 25200 candidates, NMS",
+  "infer-onnx": "copy the bytes to the inference thread, /255 there, onnxruntime, keep the anchors that can reach minScore (0.001): about 2 200 of 25 200 cross back",
+  nms: "decode the kept anchors (those over conf 0.25), NMS",
   "sink-jsonl": "one JSON line per frame",
 };
 
