@@ -1,6 +1,7 @@
 import { ConfigError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { ModelOptions } from "./onnx-model.ts";
+import { reclaimer } from "./reclaim.ts";
 import type { FromWorker, KeepOptions, ModelInfo, ModelInput, ToWorker } from "./onnx-worker.ts";
 
 export type { KeepOptions, ModelInfo, ModelInput };
@@ -17,27 +18,11 @@ export interface RunResult<I extends ModelInput = ModelInput> {
 }
 
 /**
- * Outputs handed over by inference threads are large (8.6 MB a frame for
- * YOLOv5 at 640) and short-lived, but Bun's collector frees them late: a
- * buffer that moved in from another thread and outlived one young
- * collection waits for a full one, and peak RSS grows by ~100 MB. After
- * this many bytes received, a full collection of the JS heap is run
- * (bun:jsc's fullGC: unlike Bun.gc it leaves the allocator's pages alone,
- * which would only be faulted in again; docs/performance.md). Deno's V8
- * accounts for such buffers itself.
+ * Outputs received from an inference thread (the whole output, with
+ * minScore 0: 8.6 MB a frame for YOLOv5 at 640) are reclaimed every 64 MB
+ * (reclaim.ts).
  */
-const RECLAIM_AFTER_BYTES = 64 * 1024 * 1024;
-let received = 0;
-// Not a literal specifier: Deno would try to load bun:jsc while building the module graph.
-const BUN_JSC = "bun:jsc";
-const fullGC = "Bun" in globalThis ? ((await import(BUN_JSC)) as { fullGC(): number }).fullGC : undefined;
-
-function noteReceived(bytes: number): void {
-  received += bytes;
-  if (received < RECLAIM_AFTER_BYTES || !fullGC) return;
-  received = 0;
-  fullGC();
-}
+const noteReceived = reclaimer(64 * 1024 * 1024);
 
 /**
  * A model loaded on its own inference thread (see onnx-worker.ts). Runs are

@@ -9,6 +9,7 @@ import * as ort from "onnxruntime-node";
 import { ConfigError } from "../core/errors.ts";
 import { Normaliser } from "./letterbox.ts";
 import { loadModel, type LoadedModel, type ModelOptions } from "./onnx-model.ts";
+import { reclaimer } from "./reclaim.ts";
 import { detectLayout, keepCandidates, type LayoutChoice } from "./yolo.ts";
 
 /** What the main thread learns about the loaded model. */
@@ -55,23 +56,13 @@ let model: LoadedModel | undefined;
 const normaliser = new Normaliser();
 
 /**
- * Outputs dropped here are large (8.6 MB for YOLOv5n at 640) and the
- * collector frees them late, so a full collection of this thread's small
- * heap (about 1 ms) runs after every two: measured on the sample clip, peak
- * RSS 380 MiB when reclaiming every 64 MB and 405 MiB leaving it to the
- * collector, against about 350 MiB at this setting, the fps unchanged.
+ * Outputs dropped here (8.6 MB for YOLOv5n at 640) are reclaimed after every
+ * two (reclaim.ts; a full collection of this thread's small heap takes about
+ * 1 ms): measured on the sample clip, peak RSS 380 MiB when reclaiming every
+ * 64 MB and 405 MiB leaving it to the collector, against about 350 MiB at
+ * this setting, the fps unchanged.
  */
-const RECLAIM_AFTER_BYTES = 16 * 1024 * 1024;
-let droppedBytes = 0;
-// Not a literal specifier: Deno would try to load bun:jsc while building the module graph.
-const BUN_JSC = "bun:jsc";
-const fullGC = "Bun" in globalThis ? ((await import(BUN_JSC)) as { fullGC(): number }).fullGC : undefined;
-function dropped(bytes: number): void {
-  droppedBytes += bytes;
-  if (droppedBytes < RECLAIM_AFTER_BYTES || !fullGC) return;
-  droppedBytes = 0;
-  fullGC();
-}
+const dropped = reclaimer(16 * 1024 * 1024);
 
 /** Messages are handled one at a time: a run's input sits in the normaliser's buffer until onnxruntime has read it. */
 let queue: Promise<void> = Promise.resolve();
