@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { resolveFfmpeg } from "../runtime/media/ffmpeg.ts";
@@ -149,6 +149,12 @@ describe("ingest from a real RTSP server", () => {
   let server: RtspServer;
   beforeAll(async () => {
     server = await startRtspServer(sampleVideo);
+  });
+  // The tests stop and restart the shared server themselves; one that is gone when a test starts was killed from outside.
+  beforeEach(async () => {
+    if (server.alive()) return;
+    console.error(`the RTSP server (pid ${server.pid}) was gone before the test: restarting it on port ${server.port}`);
+    server = await server.restart();
   });
 
   test("frames arrive with stream id, increasing seq and ts, 480x360 rgb24, marked live", async () => {

@@ -19,8 +19,10 @@ export interface Child {
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
   /** Sends `signal` by PID; resolves with the exit code. */
   signal(signal: NodeJS.Signals): void;
-  /** SIGTERM, then SIGKILL after `graceMs`; resolves once the child is gone. */
-  stop(graceMs?: number): Promise<number>;
+  /** `signal` (SIGTERM), then SIGKILL after `graceMs`; resolves once the child is gone. */
+  stop(graceMs?: number, signal?: NodeJS.Signals): Promise<number>;
+  /** False once the child has exited. */
+  alive(): boolean;
 }
 
 const live = new Set<number>();
@@ -103,9 +105,10 @@ export function startProcess(cmd: string[], opts: { cwd?: string; env?: Record<s
     signal(sig) {
       if (!done) killQuietly(pid, sig);
     },
-    async stop(graceMs = 3000) {
+    alive: () => !done,
+    async stop(graceMs = 3000, sig: NodeJS.Signals = "SIGTERM") {
       if (done) return exited;
-      killQuietly(pid, "SIGTERM");
+      killQuietly(pid, sig);
       const timer = setTimeout(() => killQuietly(pid, "SIGKILL"), graceMs);
       const code = await exited;
       clearTimeout(timer);

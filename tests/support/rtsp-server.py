@@ -4,9 +4,12 @@
 Usage: /usr/bin/python3 rtsp-server.py PORT FILE
 Prints "READY <port>" on stdout once listening. The media is shared (every
 client sees the same live stream, and a client that reconnects gets it
-again) and loops the file, so it behaves like a camera. Exits on SIGTERM or
+again) and loops the file, so it behaves like a camera. Exits on SIGINT or
 when the process that started it goes away, so a crashed test run leaves
-nothing behind.
+nothing behind. SIGTERM is ignored: bun test's dangling-process killer
+SIGTERMs every process a test file started, those of its beforeAll hooks
+included, when a timer it believes stale fires (oven-sh/bun#38774, #39657),
+and a server shared by the tests of a file must outlive that.
 """
 import os
 import signal
@@ -56,7 +59,7 @@ def main() -> int:
         return True
 
     GLib.timeout_add(500, orphaned)
-    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, lambda: loop.quit() or False)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, lambda: loop.quit() or False)
     print(f"READY {server.get_bound_port()}", flush=True)
     loop.run()

@@ -16,8 +16,10 @@ export interface RtspServer {
   port: number;
   pid: number;
   file: string;
-  /** Kills the server by PID and waits until it has exited. */
+  /** Stops the server by PID (SIGINT: it ignores SIGTERM, see rtsp-server.py) and waits until it has exited. */
   stop(): Promise<void>;
+  /** False once the server has exited (stopped, or killed by something else). */
+  alive(): boolean;
   /** Stops it (if running) and starts a new one on the same port. */
   restart(): Promise<RtspServer>;
 }
@@ -44,8 +46,9 @@ export async function startRtspServer(file: string, opts: { port?: number; timeo
     file,
     stop: async () => {
       running.delete(server);
-      await child.stop(2000);
+      await child.stop(2000, "SIGINT");
     },
+    alive: () => child.alive(),
     restart: async () => {
       await server.stop();
       return startRtspServer(file, { ...opts, port });
