@@ -165,8 +165,9 @@ describe("bun run models", () => {
       expect(vs[0]).toBe(fp32);
       expect(vs.filter((x) => x === int8).length).toBeGreaterThanOrEqual(4);
       expect(new Set(vs)).toEqual(new Set([fp32, int8]));
+      // Log lines come through the child's stderr pipe, which may lag behind its report over NATS.
+      await until(() => w.child.stderr().includes(`version ${int8} promoted, replaces ${fp32}`), "the promotion log line");
       expect(w.child.stderr()).toMatch(/version int8: fetched yolov5n-int8\.onnx \(\d+ bytes, sha256 [0-9a-f]{12}…\)/);
-      expect(w.child.stderr()).toContain(`version ${int8} promoted, replaces ${fp32}`);
     }
     // `bun run status` shows the version each worker of the stage runs.
     const status = framewire(["status", "--nats", server.url, "--wait", "5"]);

@@ -277,7 +277,8 @@ describe("load and unload", () => {
 
     const load = await post("/v2/repository/models/yolov5n/load", {});
     expect([load.status, await load.text()]).toEqual([200, ""]);
-    expect(server.child.stderr()).toContain('yolov5n version 1: warm-up "zeros" (batch 1, zeros) 1× on 1 instance(s)');
+    // The log line reaches us through the child's stderr pipe, possibly after the response.
+    await until(() => server.child.stderr().includes('yolov5n version 1: warm-up "zeros" (batch 1, zeros) 1× on 1 instance(s)'), "the warm-up log line");
     expect((await index({ ready: true })).map((e) => e.name)).toContain("yolov5n");
     // Warm-up runs are not inferences.
     expect((await stats("/v2/models/yolov5n/stats"))[0].inference_count).toBe(0);
