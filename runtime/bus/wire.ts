@@ -3,7 +3,7 @@ import { codedError } from "../core/errors.ts";
 import { createLogger } from "../core/log.ts";
 import { decode as jsDecodeJpeg, encode as jsEncodeJpeg } from "jpeg-js";
 import * as v from "valibot";
-import { seal, type Event, type Frame, type Image, type Message } from "../core/message.ts";
+import { seal, type Event, type Frame, type Image, type Message, type Predictions } from "../core/message.ts";
 import { scanJpeg } from "./jpeg-header.ts";
 
 /**
@@ -299,18 +299,7 @@ function assemble(f: Frame, image: Uint8Array, jpeg: boolean): Uint8Array {
       live: f.live,
       image: { width: f.image.width, height: f.image.height, format: f.image.format, ...(jpeg ? { encoding: "jpeg" } : {}) },
       ...(f.tensor ? { tensor: { dims: f.tensor.dims, dtype: "uint8", letterbox: f.tensor.letterbox } } : {}),
-      ...(f.predictions
-        ? {
-            predictions: {
-              layout: f.predictions.layout,
-              dims: f.predictions.dims,
-              dtype: "float32",
-              classNames: f.predictions.classNames,
-              model: f.predictions.model,
-              ...(f.predictions.minScore !== undefined ? { minScore: f.predictions.minScore } : {}),
-            },
-          }
-        : {}),
+      ...(f.predictions ? { predictions: predictionsMeta(f.predictions) } : {}),
       ...(f.detections ? { detections: f.detections } : {}),
       ...(f.meta ? { meta: f.meta } : {}),
       timings: f.timings,
@@ -437,16 +426,7 @@ function build(p: Parsed, image: Uint8Array): Frame {
     // The same lazy tensor `resize` makes: inference copies the bytes and normalises in its own thread.
     ...(m.tensor && p.tensor ? { tensor: byteTensor(m.tensor.dims, p.tensor, m.tensor.letterbox) } : {}),
     ...(m.predictions && p.predictions
-      ? {
-          predictions: {
-            layout: m.predictions.layout,
-            dims: m.predictions.dims,
-            data: p.predictions,
-            classNames: m.predictions.classNames,
-            model: m.predictions.model,
-            ...(m.predictions.minScore !== undefined ? { minScore: m.predictions.minScore } : {}),
-          },
-        }
+      ? { predictions: { ...withoutDtype(m.predictions), data: p.predictions } }
       : {}),
     ...(m.detections ? { detections: m.detections } : {}),
     ...(m.meta ? { meta: m.meta } : {}),
@@ -475,6 +455,16 @@ function checkJpeg(blob: Uint8Array, width: number, height: number): void {
         `${Math.round(ratio)}:1, more than the ${WIRE_LIMITS.maxJpegRatio}:1 any real JPEG reaches`,
     );
   }
+}
+
+/** The predictions' description in the meta: every field but the values, which travel as the blob. */
+function predictionsMeta({ data: _values, ...described }: Predictions): v.InferOutput<typeof FrameMeta>["predictions"] {
+  return { ...described, dtype: "float32" };
+}
+
+/** The predictions' description read back (the dtype is always float32, so the frame does not carry it). */
+function withoutDtype({ dtype: _dtype, ...described }: NonNullable<v.InferOutput<typeof FrameMeta>["predictions"]>): Omit<Predictions, "data"> {
+  return described;
 }
 
 /** Predictions must have a YOLO head's shape: 1×N×(5+C) (YOLOv5) or 1×(4+C)×N (YOLOv8), C ≥ 1. */
