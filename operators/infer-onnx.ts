@@ -333,6 +333,9 @@ export default defineOperator({
       ov.checked = true;
     }
 
+    /** Only the candidate anchors come back from the inference thread (minScore 0: the whole output). */
+    const keep = o.minScore > 0 ? { minScore: o.minScore, layout: o.layout } : undefined;
+
     /** One run on `tensors` stacked along the batch axis; each frame's predictions are its slice of the output. */
     async function inferBatch(ov: OnnxVersion, tensors: Tensor[]): Promise<Predictions[]> {
       const { classNames } = ov.m.info;
@@ -347,7 +350,6 @@ export default defineOperator({
       const buf = takeBuffer(bytes, per * tensors.length);
       tensors.forEach((t, i) => buf.set(bytes ? pixels[i]! : t.data, i * per));
       const dims = tensors.length === 1 ? item : [tensors.length * item[0], ...item.slice(1)];
-      const keep = o.minScore > 0 ? { minScore: o.minScore, layout: o.layout } : undefined;
       const out = await ov.m.run(buf, dims, true, keep).catch((err: Error & { input?: ModelInput }) => {
         giveBack(err.input);
         throw err;
